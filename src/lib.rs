@@ -18,3 +18,4 @@ pub mod hypervisor;
 pub mod paging;
 pub mod phys;
 pub mod pvh;
+pub mod sync;

@@ -74,10 +74,16 @@ pub mod fake {
             assert_eq!(len % 4096, 0);
             let pages = len / 4096;
             let v = vec![Page([0; 4096]); pages];
-            FakeRam { base, mem: UnsafeCell::new(v) }
+            FakeRam {
+                base,
+                mem: UnsafeCell::new(v),
+            }
         }
         pub fn base(&self) -> u64 {
             self.base
+        }
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
         }
         pub fn len(&self) -> usize {
             // SAFETY: the tests are single-threaded and no reference into the
@@ -87,7 +93,9 @@ pub mod fake {
         /// Writes `bytes` at physical address `pa`; panics when out of range
         /// (a bug in the test, not in the code under test).
         pub fn write(&self, pa: u64, bytes: &[u8]) {
-            let p = self.ptr(PhysAddr::new(pa), bytes.len()).expect("test wrote outside fake RAM");
+            let p = self
+                .ptr(PhysAddr::new(pa), bytes.len())
+                .expect("test wrote outside fake RAM");
             // SAFETY: `ptr` checked the range; `bytes` is a separate allocation.
             unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
         }
