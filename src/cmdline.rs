@@ -1,1 +1,595 @@
-//! (being written)
+//! The kernel command line: what to run and how, chosen at boot.
+//!
+//! [`crate::pvh`] copies the command line out of the boot structure; [`parse`]
+//! turns it into a [`Config`] that the kernel consults for the rest of the
+//! run. Tokens are separated by whitespace and are `key=value` or a bare
+//! `key`; values cannot contain whitespace and there is no quoting. Nothing is
+//! ignored: an unknown key, a malformed value or a repeated key is an error
+//! that names the key, so a typo never silently runs the wrong experiment.
+//!
+//! Every key lives in one table, [`KEYS`]; adding a key is one entry there
+//! plus its field in [`Config`].
+
+use core::fmt;
+
+use log::LevelFilter;
+
+/// The seed used when the command line gives none, so that runs are
+/// reproducible by default.
+pub const DEFAULT_SEED: u64 = 0x5eed;
+
+/// What the kernel does after booting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Run {
+    /// Boot, report the platform, power off.
+    #[default]
+    Boot,
+    /// Run the in-kernel tests.
+    Test,
+    /// Run the benchmarks.
+    Bench,
+    /// Run the randomised stress workload.
+    Stress,
+    /// Probe the platform's features and costs.
+    Probe,
+}
+
+impl Run {
+    pub const ALL: [Run; 5] = [Run::Boot, Run::Test, Run::Bench, Run::Stress, Run::Probe];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Run::Boot => "boot",
+            Run::Test => "test",
+            Run::Bench => "bench",
+            Run::Stress => "stress",
+            Run::Probe => "probe",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Run> {
+        Run::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How privileged MMU and CPU-state updates are issued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Each update is applied when it is made: one transition per operation.
+    Immediate,
+    /// Updates are queued per vCPU and applied at the flush.
+    #[default]
+    Batched,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Immediate, Backend::Batched];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Immediate => "immediate",
+            Backend::Batched => "batched",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The parsed command line. Strings borrow from the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config<'a> {
+    /// `run=`: what to do after boot.
+    pub run: Run,
+    /// `pv=`: how updates are issued.
+    pub pv: Backend,
+    /// `test=`: run only the test with this name.
+    pub test: Option<&'a str>,
+    /// `seed=`: seed of every pseudo-random workload.
+    pub seed: u64,
+    /// `ops=`: operation count for benchmarks and stress runs.
+    pub ops: Option<u64>,
+    /// `quick` or `quick=0|1`: shorter runs, for CI.
+    pub quick: bool,
+    /// `suite=`: run only this group of tests or benchmarks.
+    pub suite: Option<&'a str>,
+    /// `log=`: the most verbose log level printed.
+    pub log: LevelFilter,
+    /// `fail_alloc_at=`: make the frame allocation after this many fail once.
+    pub fail_alloc_at: Option<u64>,
+    /// `skip_cpu=`: leave this CPU offline.
+    pub skip_cpu: Option<u32>,
+}
+
+impl Default for Config<'_> {
+    fn default() -> Self {
+        Config {
+            run: Run::default(),
+            pv: Backend::default(),
+            test: None,
+            seed: DEFAULT_SEED,
+            ops: None,
+            quick: false,
+            suite: None,
+            log: LevelFilter::Info,
+            fail_alloc_at: None,
+            skip_cpu: None,
+        }
+    }
+}
+
+/// A command-line key: how it is written and how its value is stored.
+pub struct Key {
+    pub name: &'static str,
+    /// What a value must look like, quoted in [`Error::BadValue`].
+    pub expected: &'static str,
+    /// The value a bare `key` stands for; `None` when a value is required.
+    pub bare: Option<&'static str>,
+    /// The configuration with the value applied, or `None` when the value is
+    /// malformed.
+    set: for<'a> fn(Config<'a>, &'a str) -> Option<Config<'a>>,
+}
+
+const NUMBER: &str = "a number (decimal or 0x-hex) that fits in 64 bits";
+
+/// Every key the kernel understands.
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "run",
+        expected: "boot, test, bench, stress or probe",
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                run: Run::from_name(v)?,
+                ..c
+            })
+        },
+    },
+    Key {
+        name: "pv",
+        expected: "immediate or batched",
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                pv: Backend::from_name(v)?,
+                ..c
+            })
+        },
+    },
+    Key {
+        name: "test",
+        expected: "a test name",
+        bare: None,
+        set: |c, v| Some(Config { test: Some(v), ..c }),
+    },
+    Key {
+        name: "seed",
+        expected: NUMBER,
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                seed: number(v)?,
+                ..c
+            })
+        },
+    },
+    Key {
+        name: "ops",
+        expected: NUMBER,
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                ops: Some(number(v)?),
+                ..c
+            })
+        },
+    },
+    Key {
+        name: "quick",
+        expected: "0 or 1 (or a bare quick)",
+        bare: Some("1"),
+        set: |c, v| match v {
+            "0" => Some(Config { quick: false, ..c }),
+            "1" => Some(Config { quick: true, ..c }),
+            _ => None,
+        },
+    },
+    Key {
+        name: "suite",
+        expected: "a suite name",
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                suite: Some(v),
+                ..c
+            })
+        },
+    },
+    Key {
+        name: "log",
+        expected: "off, error, warn, info, debug or trace",
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                log: v.parse().ok()?,
+                ..c
+            })
+        },
+    },
+    Key {
+        name: "fail_alloc_at",
+        expected: NUMBER,
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                fail_alloc_at: Some(number(v)?),
+                ..c
+            })
+        },
+    },
+    Key {
+        name: "skip_cpu",
+        expected: "a CPU number (decimal or 0x-hex) that fits in 32 bits",
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                skip_cpu: Some(u32::try_from(number(v)?).ok()?),
+                ..c
+            })
+        },
+    },
+];
+
+// Duplicates are tracked in a u64 bitmask indexed by table position.
+const _: () = assert!(KEYS.len() <= 64);
+
+/// A problem with the command line; each names the key or token at fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error<'a> {
+    /// The key is not in [`KEYS`].
+    UnknownKey(&'a str),
+    /// The value does not have the form the key needs.
+    BadValue {
+        key: &'static str,
+        value: &'a str,
+        expected: &'static str,
+    },
+    /// The key needs a value but was given none (bare, or `key=`).
+    MissingValue(&'static str),
+    /// The key appears more than once.
+    Duplicate(&'static str),
+}
+
+impl fmt::Display for Error<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::UnknownKey(key) => {
+                write!(f, "unknown key \"{key}\" on the kernel command line (known keys:")?;
+                for k in KEYS {
+                    write!(f, " {}", k.name)?;
+                }
+                f.write_str(")")
+            }
+            Error::BadValue { key, value, expected } => write!(
+                f,
+                "bad value \"{value}\" for key \"{key}\" on the kernel command line: expected {expected}"
+            ),
+            Error::MissingValue(key) => {
+                write!(f, "key \"{key}\" on the kernel command line needs a value ({key}=...)")
+            }
+            Error::Duplicate(key) => {
+                write!(f, "key \"{key}\" appears more than once on the kernel command line")
+            }
+        }
+    }
+}
+
+/// Parses the whole command line; the first problem found is returned.
+pub fn parse(s: &str) -> Result<Config<'_>, Error<'_>> {
+    let mut config = Config::default();
+    let mut seen = 0u64;
+    for token in s.split_whitespace() {
+        let (name, value) = match token.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (token, None),
+        };
+        let (index, key) = KEYS
+            .iter()
+            .enumerate()
+            .find(|(_, k)| k.name == name)
+            .ok_or(Error::UnknownKey(name))?;
+        if seen & (1 << index) != 0 {
+            return Err(Error::Duplicate(key.name));
+        }
+        seen |= 1 << index;
+        let value = match (value, key.bare) {
+            (Some(v), _) if !v.is_empty() => v,
+            (None, Some(implied)) => implied,
+            _ => return Err(Error::MissingValue(key.name)),
+        };
+        config = (key.set)(config, value).ok_or(Error::BadValue {
+            key: key.name,
+            value,
+            expected: key.expected,
+        })?;
+    }
+    Ok(config)
+}
+
+/// A `u64` in decimal or `0x`-hex. Signs, underscores and empty digit
+/// strings are rejected, as is anything that overflows.
+fn number(s: &str) -> Option<u64> {
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (s, 10),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    digits.chars().try_fold(0u64, |acc, c| {
+        acc.checked_mul(radix)?
+            .checked_add(u64::from(c.to_digit(radix as u32)?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_line_gives_defaults() {
+        for line in ["", "   ", "\t\n"] {
+            let c = parse(line).unwrap();
+            assert_eq!(c, Config::default());
+        }
+        let c = Config::default();
+        assert_eq!(c.run, Run::Boot);
+        assert_eq!(c.pv, Backend::Batched);
+        assert_eq!(c.seed, DEFAULT_SEED);
+        assert_eq!(c.log, LevelFilter::Info);
+        assert!(!c.quick);
+        assert_eq!(
+            (c.test, c.suite, c.ops, c.fail_alloc_at, c.skip_cpu),
+            (None, None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let line = "run=bench pv=immediate test=paging.map seed=0x1F ops=1000 quick \
+                    suite=mmu log=debug fail_alloc_at=17 skip_cpu=1";
+        let c = parse(line).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                run: Run::Bench,
+                pv: Backend::Immediate,
+                test: Some("paging.map"),
+                seed: 0x1f,
+                ops: Some(1000),
+                quick: true,
+                suite: Some("mmu"),
+                log: LevelFilter::Debug,
+                fail_alloc_at: Some(17),
+                skip_cpu: Some(1),
+            }
+        );
+        // Names borrow from the input.
+        assert!(core::ptr::eq(
+            c.test.unwrap().as_ptr(),
+            line[line.find("paging").unwrap()..].as_ptr()
+        ));
+    }
+
+    #[test]
+    fn enum_names_round_trip() {
+        for r in Run::ALL {
+            assert_eq!(parse(&format!("run={r}")).unwrap().run, r);
+            assert!(KEYS[0].expected.contains(r.as_str()));
+        }
+        for b in Backend::ALL {
+            assert_eq!(parse(&format!("pv={}", b.as_str())).unwrap().pv, b);
+        }
+        assert_eq!(parse("log=off").unwrap().log, LevelFilter::Off);
+        assert_eq!(parse("log=TRACE").unwrap().log, LevelFilter::Trace);
+    }
+
+    #[test]
+    fn quick_forms() {
+        assert!(parse("quick").unwrap().quick);
+        assert!(parse("quick=1").unwrap().quick);
+        assert!(!parse("quick=0").unwrap().quick);
+        assert_eq!(
+            parse("quick=yes"),
+            Err(Error::BadValue {
+                key: "quick",
+                value: "yes",
+                expected: "0 or 1 (or a bare quick)"
+            })
+        );
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(number("0"), Some(0));
+        assert_eq!(number("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(number("0xffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(number("0XaB"), Some(0xab));
+        for bad in [
+            "18446744073709551616",
+            "0x10000000000000000",
+            "0x",
+            "+5",
+            "-1",
+            "1_000",
+            "12a",
+            "0b1",
+            " 1",
+        ] {
+            assert_eq!(number(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse("skip_cpu=0xffffffff").unwrap().skip_cpu,
+            Some(u32::MAX)
+        );
+        assert!(matches!(
+            parse("skip_cpu=4294967296"),
+            Err(Error::BadValue {
+                key: "skip_cpu",
+                value: "4294967296",
+                ..
+            })
+        ));
+        assert_eq!(
+            parse("seed=99999999999999999999"),
+            Err(Error::BadValue {
+                key: "seed",
+                value: "99999999999999999999",
+                expected: NUMBER
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_key() {
+        let err = parse("run=test foo=1").unwrap_err();
+        assert_eq!(err, Error::UnknownKey("foo"));
+        let text = err.to_string();
+        assert!(
+            text.starts_with("unknown key \"foo\" on the kernel command line"),
+            "{text}"
+        );
+        assert!(text.contains("skip_cpu"), "{text}");
+        assert_eq!(parse("console=ttyS0"), Err(Error::UnknownKey("console")));
+        assert_eq!(parse("=1"), Err(Error::UnknownKey("")));
+        // Keys are case-sensitive.
+        assert_eq!(parse("RUN=test"), Err(Error::UnknownKey("RUN")));
+    }
+
+    #[test]
+    fn bad_values() {
+        let err = parse("run=tests").unwrap_err();
+        assert_eq!(
+            err,
+            Error::BadValue {
+                key: "run",
+                value: "tests",
+                expected: "boot, test, bench, stress or probe"
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "bad value \"tests\" for key \"run\" on the kernel command line: \
+             expected boot, test, bench, stress or probe"
+        );
+        assert!(matches!(
+            parse("pv=lazy"),
+            Err(Error::BadValue {
+                key: "pv",
+                value: "lazy",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("log=loud"),
+            Err(Error::BadValue {
+                key: "log",
+                value: "loud",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("ops=ten"),
+            Err(Error::BadValue {
+                key: "ops",
+                value: "ten",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("fail_alloc_at=-1"),
+            Err(Error::BadValue {
+                key: "fail_alloc_at",
+                value: "-1",
+                ..
+            })
+        ));
+        // Only the first '=' splits: the rest belongs to the value.
+        assert!(matches!(
+            parse("seed=1=2"),
+            Err(Error::BadValue {
+                key: "seed",
+                value: "1=2",
+                ..
+            })
+        ));
+        assert_eq!(parse("test=a=b").unwrap().test, Some("a=b"));
+    }
+
+    #[test]
+    fn missing_values() {
+        for line in ["run", "run=", "seed", "test=", "quick="] {
+            let key = line.trim_end_matches('=');
+            let err = parse(line).unwrap_err();
+            assert_eq!(
+                err,
+                Error::MissingValue(KEYS.iter().find(|k| k.name == key).unwrap().name)
+            );
+        }
+        assert_eq!(
+            Error::MissingValue("seed").to_string(),
+            "key \"seed\" on the kernel command line needs a value (seed=...)"
+        );
+    }
+
+    #[test]
+    fn duplicates() {
+        assert_eq!(
+            parse("seed=1 run=test seed=1"),
+            Err(Error::Duplicate("seed"))
+        );
+        assert_eq!(parse("quick quick=0"), Err(Error::Duplicate("quick")));
+        assert_eq!(
+            Error::Duplicate("run").to_string(),
+            "key \"run\" appears more than once on the kernel command line"
+        );
+    }
+
+    #[test]
+    fn first_error_wins() {
+        assert_eq!(parse("bogus run=nope"), Err(Error::UnknownKey("bogus")));
+        assert!(matches!(
+            parse("run=nope bogus"),
+            Err(Error::BadValue { key: "run", .. })
+        ));
+    }
+
+    #[test]
+    fn key_table_is_consistent() {
+        for (i, k) in KEYS.iter().enumerate() {
+            assert!(
+                KEYS[..i].iter().all(|o| o.name != k.name),
+                "{} listed twice",
+                k.name
+            );
+            assert!(!k.name.is_empty() && !k.name.contains(['=', ' ']));
+            // A bare key's implied value must itself be valid.
+            if let Some(v) = k.bare {
+                assert!((k.set)(Config::default(), v).is_some(), "{}", k.name);
+            }
+        }
+    }
+}
