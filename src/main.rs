@@ -1,25 +1,186 @@
 //! The hyperbatch kernel.
+//!
+//! The flow, in the order a boot runs it:
+//! 1. `boot.s`: PVH entry, long mode, `kernel_entry` on the boot stack.
+//! 2. [`kernel_entry`]: console, `hvm_start_info`, command line, ACPI table
+//!    discovery, frame allocator and page tables ([`memory`]), then a move
+//!    onto the boot CPU's guarded stack.
+//! 3. [`bsp_main`]: descriptor tables, platform ([`platform`]: ACPI, the
+//!    hypervisor, the TSC), the local APIC, the other CPUs, the `boot` record.
+//! 4. The job the command line asks for, then [`power`](arch::x86_64::power).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arch;
+mod console;
+mod memory;
+mod platform;
+mod selftest;
 
-#[no_mangle]
-static AP_HANDOFF_PLACEHOLDER: [u64; 3] = [0; 3];
+use arch::x86_64::{self as x86, apic, gdt, interrupts, percpu, power, smp, stacks, tsc};
+use core::fmt::Write;
+use hyperbatch::acpi_tables::Tables;
+use hyperbatch::cmdline::{self, Config, Run};
+use hyperbatch::frames::{Range, MAX_RESERVED};
+use hyperbatch::pvh::{self, BootInfo};
+use hyperbatch::sync::Once;
+use x86_64::PhysAddr;
 
-extern "C" fn kernel_entry(_start_info: u32) -> ! {
-    arch::x86_64::serial::init();
-    arch::x86_64::serial::write_str("hyperbatch: hello from long mode\n");
-    unsafe { x86_64::instructions::port::Port::<u32>::new(0xf4).write(0) };
-    loop {}
+/// What the boot CPU found before it changed stacks.
+struct Boot {
+    info: BootInfo,
+    acpi: Option<Tables>,
+    memory: memory::MemoryReport,
 }
 
-extern "C" fn ap_entry(_cpu: u64) -> ! {
-    loop {}
+static BOOT: Once<Boot> = Once::new();
+
+/// Stops the boot with a message and a failure status.
+fn boot_failure(what: &str, err: &dyn core::fmt::Display) -> ! {
+    log::error!("{what}: {err}");
+    power::exit(power::EXIT_FAILURE)
+}
+
+/// Called by boot.s in long mode on the boot stack, with the physical
+/// address of `hvm_start_info`.
+extern "C" fn kernel_entry(start_info: u32) -> ! {
+    // SAFETY: index 0 is the boot CPU's and nothing uses GS yet.
+    unsafe { percpu::init_this_cpu(0, 0) };
+    console::init();
+    log::info!("hyperbatch {} booting", env!("HB_GIT_REV"));
+
+    let info = pvh::parse(&memory::Identity, PhysAddr::new(start_info as u64))
+        .unwrap_or_else(|e| boot_failure("bad PVH start_info", &e));
+    // Check the command line now, so a typo fails before anything else runs.
+    let config = cmdline::parse(&info.cmdline)
+        .unwrap_or_else(|e| boot_failure("bad kernel command line", &e));
+    console::set_level(config.log);
+
+    let acpi = platform::discover_acpi(info.rsdp);
+    let mut reserved: heapless::Vec<Range, MAX_RESERVED> = heapless::Vec::new();
+    let acpi_ranges = acpi.iter().flat_map(|t| t.ranges());
+    for r in info
+        .boot_ranges
+        .iter()
+        .copied()
+        .chain(acpi_ranges.filter_map(|(start, len)| Range::from_len(start, len)))
+    {
+        if reserved.push(r).is_err() {
+            boot_failure(
+                "too many reserved ranges",
+                &"boot structures and ACPI tables exceed the reservation list",
+            );
+        }
+    }
+    let memory = memory::init(&info.memory_map, &reserved)
+        .unwrap_or_else(|e| boot_failure("memory setup failed", &e));
+    let stacks = stacks::map_for(0)
+        .unwrap_or_else(|e| boot_failure("no memory for the boot CPU's stacks", &e));
+    if BOOT.set(Boot { info, acpi, memory }).is_err() {
+        boot_failure("kernel_entry ran twice", &"");
+    }
+    // SAFETY: map_for just mapped this stack; nothing else uses it.
+    unsafe { stacks::switch_to(stacks.kernel_top, bsp_main) }
+}
+
+extern "C" fn bsp_main() -> ! {
+    let boot = BOOT.get().expect("kernel_entry stored the boot state");
+    let config = cmdline::parse(&boot.info.cmdline).expect("checked in kernel_entry");
+
+    gdt::init_this_cpu(stacks::tops(0).df_top);
+    x86::pic::remap_and_mask();
+    interrupts::init();
+    interrupts::load();
+
+    let acpi = platform::parse_acpi(boot.acpi.as_ref());
+    let host = platform::detect_host(acpi.as_ref());
+    let want_x2apic = host.info.has_x2apic;
+    apic::init_this_cpu(true, want_x2apic);
+    // SAFETY: still the boot CPU's own slot; now with its real APIC ID.
+    unsafe { percpu::init_this_cpu(0, apic::id()) };
+    log::info!(
+        "{} on {}, TSC {} Hz ({}), {} MiB RAM, {} mode",
+        host.info.cpu_model.as_str(),
+        host.info.hypervisor,
+        host.tsc_hz,
+        host.tsc_source.name(),
+        boot.memory.ram_bytes / memory::MIB,
+        apic::mode().name()
+    );
+
+    let skip = config.skip_cpu;
+    let cpus = platform::cpus(acpi.as_ref());
+    let started = smp::start_aps(cpus, want_x2apic, skip);
+    x86_64::instructions::interrupts::enable();
+    let ipi_ok = match smp::ping_all() {
+        Ok(_) => true,
+        Err(e) => smp::watchdog_fail("IPI ping after start-up", e),
+    };
+
+    console::record("boot", |r| {
+        r.u64("cpus_listed", started.listed as u64)?
+            .u64("cpus_online", started.online as u64)?
+            .u64s("cpus_failed", started.failed.iter().map(|&id| id as u64))?
+            .str("hypervisor", host.info.hypervisor.name())?
+            .u64("tsc_hz", host.tsc_hz)?
+            .str("tsc_source", host.tsc_source.name())?
+            .u64("mem_bytes", boot.memory.ram_bytes)?
+            .u64("mem_free_bytes", boot.memory.free_bytes)?
+            .strs(
+                "pv_features",
+                host.info.pv_features.iter().flat_map(|f| f.iter_names()),
+            )?
+            .str("apic", apic::mode().name())?
+            .bool("acpi", acpi.is_some())?
+            .bool("ipi_ok", ipi_ok)?
+            .str("cpu_model", host.info.cpu_model.as_str())?
+            .str("cmdline", &boot.info.cmdline)?;
+        Ok(())
+    });
+
+    let status = run(&config, &host);
+    power::exit(status)
+}
+
+fn run(config: &Config<'_>, host: &platform::Host) -> u32 {
+    match config.run {
+        Run::Boot => power::EXIT_SUCCESS,
+        Run::Test => selftest::run(config),
+        Run::Probe => probe(host),
+        Run::Bench | Run::Stress => {
+            log::error!("run={} is not part of this build yet", config.run.as_str());
+            power::EXIT_FAILURE
+        }
+    }
+}
+
+/// `run=probe`: how fast this CPU runs ring-0 code, for run-qemu.sh's
+/// `--accel auto`. A tight loop costs a few cycles per iteration on
+/// hardware; KVM that interprets ring 0 takes hundreds.
+fn probe(_host: &platform::Host) -> u32 {
+    const ITERS: u64 = 100_000;
+    let t0 = tsc::rdtsc();
+    let mut x = 0u64;
+    for i in 0..ITERS {
+        x = core::hint::black_box(x.wrapping_add(i));
+    }
+    let cycles = tsc::rdtsc() - t0;
+    console::record("probe", |r| {
+        r.u64("iters", ITERS)?.u64("loop_cycles", cycles)?;
+        Ok(())
+    });
+    power::EXIT_SUCCESS
 }
 
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    loop {}
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    // Never take the console lock here: the panicking code may hold it.
+    let _ = writeln!(
+        x86::serial::Raw,
+        "\n!!! cpu{} panicked: {}",
+        percpu::cpu_index(),
+        info
+    );
+    power::exit(power::EXIT_FAILURE)
 }

@@ -303,7 +303,9 @@ fn parse_memmap(
             problem,
         };
         if size == 0 {
-            return Err(bad("size is 0"));
+            // Describes nothing, so it cannot mislead: skip it. qboot (QEMU
+            // microvm's firmware) ends its map with such an entry.
+            continue;
         }
         let end = start
             .checked_add(size)
@@ -318,6 +320,9 @@ fn parse_memmap(
         };
         // Cannot fail: `entries <= MAX_REGIONS` was checked above.
         let _ = map.push(region);
+    }
+    if map.is_empty() {
+        return Err(Error::EmptyMemoryMap);
     }
     if !map.iter().any(|r| r.kind == RegionKind::Ram) {
         return Err(Error::NoRam);
@@ -622,21 +627,24 @@ mod tests {
 
     #[test]
     fn bad_memory_map_entries() {
+        // A zero-size entry describes nothing and is skipped (qboot emits
+        // one); a map of nothing but such entries is empty.
         let mut map = QEMU_MAP.to_vec();
         map[2] = (0xf0000, 0, 2);
-        let err = parse_map(&map).unwrap_err();
-        assert_eq!(
-            err,
-            Error::BadRegion {
-                index: 2,
-                addr: 0xf0000,
-                size: 0,
-                problem: "size is 0"
-            }
-        );
+        let parsed = parse_map(&map).expect("zero-size entries are skipped");
+        assert_eq!(parsed.len(), QEMU_MAP.len() - 1);
+        assert!(parsed.iter().all(|r| r.len != 0));
+        assert_eq!(parse_map(&[(0x10_0000, 0, 1)]), Err(Error::EmptyMemoryMap));
+
+        let err = Error::BadRegion {
+            index: 2,
+            addr: 0xf0000,
+            size: 0x10,
+            problem: "addr + size overflows",
+        };
         assert_eq!(
             err.to_string(),
-            "PVH memory map entry 2 (addr 0xf0000, size 0x0): size is 0"
+            "PVH memory map entry 2 (addr 0xf0000, size 0x10): addr + size overflows"
         );
 
         map[2] = (u64::MAX - 0xfff, 0x2000, 1);

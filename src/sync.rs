@@ -86,8 +86,68 @@ impl<T> Drop for SpinGuard<'_, T> {
     }
 }
 
+/// A value set once and read by anyone afterwards, for boot state that the
+/// boot CPU discovers and every later phase reads.
+pub struct Once<T> {
+    // 0: empty, 1: being set, 2: set.
+    state: AtomicU32,
+    value: UnsafeCell<Option<T>>,
+}
+
+// SAFETY: the value is written once, before `state` becomes 2 with Release
+// ordering, and only read after observing 2 with Acquire: readers share `&T`.
+unsafe impl<T: Send + Sync> Sync for Once<T> {}
+
+impl<T> Once<T> {
+    pub const fn new() -> Self {
+        Once {
+            state: AtomicU32::new(0),
+            value: UnsafeCell::new(None),
+        }
+    }
+
+    /// Stores `value`, or hands it back if a value was already stored.
+    pub fn set(&self, value: T) -> Result<(), T> {
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(value);
+        }
+        // SAFETY: state 1 makes this the only writer, and no reader looks
+        // before state 2.
+        unsafe { *self.value.get() = Some(value) };
+        self.state.store(2, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn get(&self) -> Option<&T> {
+        if self.state.load(Ordering::Acquire) != 2 {
+            return None;
+        }
+        // SAFETY: state 2 means the value is written and never written again.
+        unsafe { (*self.value.get()).as_ref() }
+    }
+}
+
+impl<T> Default for Once<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn once_sets_once() {
+        let o = Once::new();
+        assert_eq!(o.get(), None);
+        assert_eq!(o.set(5), Ok(()));
+        assert_eq!(o.set(6), Err(6));
+        assert_eq!(o.get(), Some(&5));
+    }
+
     use super::*;
     use std::sync::Arc;
 

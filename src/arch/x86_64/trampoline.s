@@ -20,7 +20,8 @@ ap_trampoline_start:
     cld
     xor ax, ax
     mov ds, ax
-    lgdt [{base} + (ap_gdt_ptr - ap_trampoline_start)]
+    .byte 0x0f, 0x01, 0x16                  # lgdt [disp16]: the assembler cannot
+    .word {base} + (ap_gdt_ptr - ap_trampoline_start) # take a label difference there
     mov eax, cr0
     or eax, 1                               # CR0.PE
     mov cr0, eax

@@ -1,0 +1,381 @@
+//! Starting the application processors, and asking other CPUs to do things.
+//!
+//! Start-up follows the MP protocol (Intel SDM vol. 3, 9.4.4): INIT, 10 ms,
+//! STARTUP, 200 us, a second STARTUP if the CPU has not shown up. The CPU
+//! runs trampoline.s below 1 MiB into long mode, then `ap_entry`. CPUs are
+//! started one at a time through a single hand-off block; a CPU that does not
+//! report online within the timeout is named and skipped, and the rest go on.
+//!
+//! Cross-CPU requests use one fixed vector. A sender posts a request in its
+//! own per-CPU `Request` slot, sets its bit in each target's `pending` mask,
+//! sends the IPIs and waits for as many acknowledgements as targets. While it
+//! waits it keeps serving requests posted to it, so two CPUs that ask each
+//! other at the same moment cannot deadlock.
+
+use super::{apic, interrupts, percpu, stacks, tsc};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use hyperbatch::acpi_tables::Cpu;
+
+/// Where the trampoline is copied: page-aligned, below 1 MiB, above the
+/// real-mode IVT and BDA, below the EBDA. The frame allocator never hands
+/// out memory below 1 MiB.
+const TRAMPOLINE_BASE: u64 = 0x8000;
+const INIT_DELAY_US: u64 = 10_000;
+const STARTUP_DELAY_US: u64 = 200;
+/// How long a CPU may take from STARTUP to online. Generous: under KVM that
+/// interprets ring 0 (as on nested hosts without hardware virtualization) a
+/// CPU runs ~1,400 cycles per instruction.
+const ONLINE_TIMEOUT_US: u64 = 2_000_000;
+/// How long a cross-CPU request may wait for its acknowledgements before the
+/// watchdog names the CPUs that did not answer.
+const ACK_TIMEOUT_US: u64 = 2_000_000;
+
+core::arch::global_asm!(include_str!("trampoline.s"), base = const TRAMPOLINE_BASE);
+
+extern "C" {
+    static ap_trampoline_start: u8;
+    static ap_trampoline_end: u8;
+}
+
+/// Read by `ap_long_mode` in boot.s: page-table root, stack top, CPU index,
+/// and a claim word so that a latecomer cannot take another CPU's hand-off.
+#[no_mangle]
+pub static AP_HANDOFF: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+const HANDOFF_CR3: usize = 0;
+const HANDOFF_STACK: usize = 1;
+const HANDOFF_INDEX: usize = 2;
+const HANDOFF_CLAIMED: usize = 3;
+
+/// CPUs that came online, the boot CPU included.
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+/// Set by a CPU that arrived with an APIC ID other than the one expected.
+static STRAY: AtomicBool = AtomicBool::new(false);
+static WANT_X2APIC: AtomicBool = AtomicBool::new(false);
+
+pub fn online_count() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
+
+pub struct StartReport {
+    pub listed: usize,
+    pub online: usize,
+    /// APIC IDs of CPUs that were listed but did not come up.
+    pub failed: heapless::Vec<u32, { percpu::MAX_CPUS }>,
+}
+
+/// Starts every startable CPU in `cpus` other than the boot CPU.
+/// `skip_apic_id` leaves one CPU unstarted on purpose (fault injection).
+pub fn start_aps(cpus: &[Cpu], want_x2apic: bool, skip_apic_id: Option<u32>) -> StartReport {
+    WANT_X2APIC.store(want_x2apic, Ordering::Relaxed);
+    let bsp = apic::id();
+    // SAFETY: the trampoline bytes are in our rodata; the destination is
+    // below 1 MiB, identity-mapped writable, and never handed out by the
+    // frame allocator; nothing else lives there.
+    unsafe {
+        let start = &raw const ap_trampoline_start;
+        let len = (&raw const ap_trampoline_end).offset_from(start) as usize;
+        core::ptr::copy_nonoverlapping(start, TRAMPOLINE_BASE as *mut u8, len);
+    }
+    let mut report = StartReport {
+        listed: 0,
+        online: 1,
+        failed: heapless::Vec::new(),
+    };
+    let mut next_index = 1;
+    for cpu in cpus.iter().filter(|c| c.startable()) {
+        report.listed += 1;
+        if cpu.apic_id == bsp {
+            continue;
+        }
+        if cpu.apic_id > 0xfe && apic::mode() == apic::Mode::XApic {
+            log::error!(
+                "cpu with APIC ID {} needs x2APIC, which this CPU lacks; not starting it",
+                cpu.apic_id
+            );
+            let _ = report.failed.push(cpu.apic_id);
+            continue;
+        }
+        let index = next_index;
+        next_index += 1;
+        match start_one(index, cpu.apic_id, skip_apic_id == Some(cpu.apic_id)) {
+            Ok(()) => report.online += 1,
+            Err(why) => {
+                log::error!(
+                    "cpu{index} (APIC ID {}) did not come up: {why}; continuing without it",
+                    cpu.apic_id
+                );
+                let _ = report.failed.push(cpu.apic_id);
+            }
+        }
+    }
+    if report.listed == 0 {
+        report.listed = 1; // no MADT: just us
+    }
+    report
+}
+
+fn start_one(index: usize, apic_id: u32, skip: bool) -> Result<(), &'static str> {
+    let stacks = stacks::map_for(index).map_err(|_| "no memory for its stacks")?;
+    let slot = percpu::get(index);
+    slot.apic_id.store(apic_id, Ordering::Relaxed);
+    AP_HANDOFF[HANDOFF_CR3].store(
+        crate::memory::root().start_address().as_u64(),
+        Ordering::Relaxed,
+    );
+    AP_HANDOFF[HANDOFF_STACK].store(stacks.kernel_top.as_u64(), Ordering::Relaxed);
+    AP_HANDOFF[HANDOFF_INDEX].store(index as u64, Ordering::Relaxed);
+    AP_HANDOFF[HANDOFF_CLAIMED].store(0, Ordering::Release);
+    if skip {
+        // Fault injection: behave exactly as if the CPU never answered.
+        tsc::delay_us(INIT_DELAY_US);
+        return Err("skipped on purpose (skip_cpu on the command line)");
+    }
+    apic::send_init(apic_id);
+    tsc::delay_us(INIT_DELAY_US);
+    for _ in 0..2 {
+        apic::send_startup(apic_id, (TRAMPOLINE_BASE >> 12) as u8);
+        tsc::delay_us(STARTUP_DELAY_US);
+        if AP_HANDOFF[HANDOFF_CLAIMED].load(Ordering::Acquire) != 0 {
+            break;
+        }
+    }
+    let deadline = tsc::rdtsc() + tsc::hz() / 1_000_000 * ONLINE_TIMEOUT_US;
+    while tsc::rdtsc() < deadline {
+        if slot.online.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if STRAY.swap(false, Ordering::AcqRel) {
+            return Err("another CPU took its start-up slot");
+        }
+        core::hint::spin_loop();
+    }
+    // Nobody may use this hand-off any more: a late CPU will find it claimed.
+    AP_HANDOFF[HANDOFF_CLAIMED].store(1, Ordering::Release);
+    Err("timed out")
+}
+
+/// The Rust entry of an application processor, on its own stack.
+pub extern "C" fn ap_entry(index: u64) -> ! {
+    let index = index as usize;
+    // Claim the hand-off; a CPU that finds it taken arrived too late.
+    if AP_HANDOFF[HANDOFF_CLAIMED].swap(1, Ordering::AcqRel) != 0 {
+        park();
+    }
+    let expected = percpu::get(index).apic_id.load(Ordering::Relaxed);
+    // SAFETY: the boot CPU reserved `index` for the CPU with APIC ID
+    // `expected`; we check below that we are that CPU before going on.
+    unsafe { percpu::init_this_cpu(index, expected) };
+    super::gdt::init_this_cpu(stacks::tops(index).df_top);
+    interrupts::load();
+    super::enable_cpu_features();
+    apic::init_this_cpu(false, WANT_X2APIC.load(Ordering::Relaxed));
+    if apic::id() != expected {
+        STRAY.store(true, Ordering::Release);
+        park();
+    }
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+    percpu::this().online.store(true, Ordering::Release);
+    idle_loop()
+}
+
+fn park() -> ! {
+    x86_64::instructions::interrupts::disable();
+    loop {
+        x86_64::instructions::hlt();
+    }
+}
+
+/// What an application processor does when it has nothing to do: sleep until
+/// an IPI, serve it, and run any work the boot CPU handed it.
+fn idle_loop() -> ! {
+    loop {
+        x86_64::instructions::interrupts::enable_and_hlt();
+        run_posted_work();
+    }
+}
+
+// --- Work for other CPUs (run in thread context, interrupts on) -----------
+
+struct Work {
+    func: AtomicU64,
+    arg: AtomicU64,
+    done: AtomicBool,
+}
+
+static WORK: [Work; percpu::MAX_CPUS] = [const {
+    Work {
+        func: AtomicU64::new(0),
+        arg: AtomicU64::new(0),
+        done: AtomicBool::new(true),
+    }
+}; percpu::MAX_CPUS];
+
+fn run_posted_work() {
+    let w = &WORK[percpu::cpu_index()];
+    let f = w.func.swap(0, Ordering::AcqRel);
+    if f != 0 {
+        // SAFETY: `post_work` only stores `fn(u64)` pointers.
+        let f: fn(u64) = unsafe { core::mem::transmute(f as usize) };
+        f(w.arg.load(Ordering::Acquire));
+        w.done.store(true, Ordering::Release);
+    }
+}
+
+/// Has CPU `cpu` run `f(arg)` from its idle loop. Returns false if it is
+/// still busy with earlier work.
+pub fn post_work(cpu: usize, f: fn(u64), arg: u64) -> bool {
+    let w = &WORK[cpu];
+    if w.done
+        .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return false;
+    }
+    w.arg.store(arg, Ordering::Release);
+    w.func.store(f as usize as u64, Ordering::Release);
+    apic::send_ipi(
+        percpu::get(cpu).apic_id.load(Ordering::Relaxed),
+        interrupts::IPI_VECTOR,
+    );
+    true
+}
+
+pub fn work_done(cpu: usize) -> bool {
+    WORK[cpu].done.load(Ordering::Acquire)
+}
+
+// --- Requests with acknowledgement (run in the IPI handler) ----------------
+
+/// A request a CPU posts for others to serve in their IPI handler.
+pub struct Request {
+    handler: AtomicU64,
+    arg: AtomicU64,
+    acks: AtomicU32,
+}
+
+static REQUESTS: [Request; percpu::MAX_CPUS] = [const {
+    Request {
+        handler: AtomicU64::new(0),
+        arg: AtomicU64::new(0),
+        acks: AtomicU32::new(0),
+    }
+}; percpu::MAX_CPUS];
+/// Bit s of PENDING[t]: CPU s has a request for CPU t.
+static PENDING: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+
+/// Serves every request posted to this CPU. Runs in the IPI handler, and
+/// from `call` while waiting, with interrupts masked.
+pub fn serve_mailbox() {
+    let me = percpu::cpu_index();
+    let mut senders = PENDING[me].swap(0, Ordering::AcqRel);
+    while senders != 0 {
+        let s = senders.trailing_zeros() as usize;
+        senders &= senders - 1;
+        let req = &REQUESTS[s];
+        let h = req.handler.load(Ordering::Acquire);
+        if h != 0 {
+            // SAFETY: `call` only stores `fn(u64)` pointers.
+            let h: fn(u64) = unsafe { core::mem::transmute(h as usize) };
+            h(req.arg.load(Ordering::Acquire));
+        }
+        percpu::this()
+            .mailbox
+            .served
+            .fetch_add(1, Ordering::Relaxed);
+        req.acks.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a request failed: the CPUs that did not acknowledge in time.
+#[derive(Debug)]
+pub struct NoAck {
+    pub missing: u64,
+}
+
+/// Runs `handler(arg)` on every online CPU in `targets` (a bitmask of CPU
+/// indices; this CPU is left out) from their IPI handlers, and waits until
+/// each has done so. Returns the number of IPIs sent.
+pub fn call(targets: u64, handler: fn(u64), arg: u64) -> Result<u32, NoAck> {
+    let me = percpu::cpu_index();
+    let targets = targets & !(1 << me) & online_mask();
+    if targets == 0 {
+        return Ok(0);
+    }
+    super::irq::without(|| {
+        let req = &REQUESTS[me];
+        req.acks.store(0, Ordering::Relaxed);
+        req.arg.store(arg, Ordering::Relaxed);
+        req.handler
+            .store(handler as usize as u64, Ordering::Release);
+        let mut sent = 0;
+        let mut t = targets;
+        while t != 0 {
+            let cpu = t.trailing_zeros() as usize;
+            t &= t - 1;
+            PENDING[cpu].fetch_or(1 << me, Ordering::AcqRel);
+            percpu::get(cpu)
+                .mailbox
+                .requested
+                .fetch_add(1, Ordering::Relaxed);
+            apic::send_ipi(
+                percpu::get(cpu).apic_id.load(Ordering::Relaxed),
+                interrupts::IPI_VECTOR,
+            );
+            sent += 1;
+        }
+        let deadline = tsc::rdtsc() + tsc::hz() / 1_000_000 * ACK_TIMEOUT_US;
+        while req.acks.load(Ordering::Acquire) < sent {
+            // Serve others while waiting: they may be waiting for us.
+            serve_mailbox();
+            if tsc::rdtsc() > deadline {
+                let missing = targets & !acked_mask(me, targets);
+                return Err(NoAck { missing });
+            }
+            core::hint::spin_loop();
+        }
+        req.handler.store(0, Ordering::Release);
+        Ok(sent)
+    })
+}
+
+/// Which of `targets` no longer have our request pending (best effort, for
+/// the watchdog's report).
+fn acked_mask(me: usize, targets: u64) -> u64 {
+    let mut acked = 0;
+    let mut t = targets;
+    while t != 0 {
+        let cpu = t.trailing_zeros() as usize;
+        t &= t - 1;
+        if PENDING[cpu].load(Ordering::Acquire) & (1 << me) == 0 {
+            acked |= 1 << cpu;
+        }
+    }
+    acked
+}
+
+/// Bitmask of online CPU indices.
+pub fn online_mask() -> u64 {
+    (0..percpu::MAX_CPUS)
+        .filter(|&i| i == 0 || percpu::get(i).online.load(Ordering::Acquire))
+        .fold(0, |m, i| m | 1 << i)
+}
+
+fn ping(_: u64) {}
+
+/// One acknowledged request to every other online CPU: proves the IPI path.
+pub fn ping_all() -> Result<u32, NoAck> {
+    call(u64::MAX, ping, 0)
+}
+
+/// Prints which CPUs failed to acknowledge, and stops the run.
+pub fn watchdog_fail(what: &str, e: NoAck) -> ! {
+    let mut w = super::serial::Raw;
+    let _ = writeln!(
+        w,
+        "!!! watchdog: {what}: no acknowledgement within {} ms from cpus {:#x}",
+        ACK_TIMEOUT_US / 1000,
+        e.missing
+    );
+    super::power::exit(super::power::EXIT_FAILURE)
+}

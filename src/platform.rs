@@ -1,0 +1,69 @@
+//! What the kernel is running on: firmware tables (ACPI), the hypervisor and
+//! its paravirtual features, and the TSC frequency. Everything the `boot`
+//! record reports is gathered here.
+
+use crate::arch::x86_64::{self as arch, power, tsc};
+use crate::memory::Identity;
+use hyperbatch::acpi_tables::{self, Cpu, Platform, Tables};
+use hyperbatch::hypervisor::{self, HostInfo, TscSource};
+use x86_64::PhysAddr;
+
+/// The result of looking for ACPI: tables to reserve before the frame
+/// allocator starts, then the parsed platform.
+pub fn discover_acpi(rsdp: Option<PhysAddr>) -> Option<Tables> {
+    let Some(rsdp) = rsdp else {
+        log::warn!("no ACPI: the boot loader gave no RSDP; running on the boot CPU only");
+        return None;
+    };
+    match acpi_tables::discover(&Identity, rsdp) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            log::warn!("no usable ACPI: {e}; running on the boot CPU only");
+            None
+        }
+    }
+}
+
+pub fn parse_acpi(tables: Option<&Tables>) -> Option<Platform> {
+    let platform = match acpi_tables::parse(&Identity, tables?) {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("no usable ACPI: {e}; running on the boot CPU only");
+            return None;
+        }
+    };
+    match (platform.poweroff, platform.poweroff_missing) {
+        (Some(p), _) => power::set_poweroff(p),
+        (None, why) => log::warn!("no ACPI power-off: {}", why.unwrap_or("unknown reason")),
+    }
+    if platform.cpus_ignored > 0 {
+        log::warn!(
+            "{} CPUs listed beyond the {} this kernel supports are ignored",
+            platform.cpus_ignored,
+            acpi_tables::MAX_CPUS
+        );
+    }
+    Some(platform)
+}
+
+/// The CPUs to start: the MADT's, or just this one.
+pub fn cpus(platform: Option<&Platform>) -> &[Cpu] {
+    platform.map(|p| &p.cpus[..]).unwrap_or(&[])
+}
+
+pub struct Host {
+    pub info: HostInfo,
+    pub tsc_hz: u64,
+    pub tsc_source: TscSource,
+}
+
+pub fn detect_host(platform: Option<&Platform>) -> Host {
+    let info = hypervisor::detect(&arch::cpuid);
+    let (tsc_hz, tsc_source) =
+        tsc::calibrate(&info, &arch::cpuid, platform.and_then(|p| p.pm_timer));
+    Host {
+        info,
+        tsc_hz,
+        tsc_source,
+    }
+}

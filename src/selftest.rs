@@ -1,0 +1,178 @@
+//! `run=test`: the in-guest tests. Each prints one `HB test` record; the run
+//! fails if any test fails. `test=NAME` runs one test, and `test=fault` is a
+//! deliberate, unrecovered fault that must produce a readable report and a
+//! failure exit.
+
+use crate::arch::x86_64::interrupts::{self, probe_exec, probe_read, probe_write, Fault};
+use crate::arch::x86_64::{power, smp};
+use crate::console;
+use crate::memory;
+use core::fmt::Write;
+use hyperbatch::cmdline::Config;
+use x86_64::VirtAddr;
+
+type Detail = heapless::String<160>;
+type TestFn = fn() -> Result<Detail, Detail>;
+
+const TESTS: &[(&str, TestFn)] = &[
+    ("null_page_faults", null_page_faults),
+    ("text_is_not_writable", text_is_not_writable),
+    ("rodata_is_not_writable", rodata_is_not_writable),
+    ("data_is_not_executable", data_is_not_executable),
+    ("stack_is_not_executable", stack_is_not_executable),
+    ("ipi_round_trip", ipi_round_trip),
+    ("frames_alloc_free", frames_alloc_free),
+];
+
+pub fn run(config: &Config<'_>) -> u32 {
+    if config.test == Some("fault") {
+        deliberate_fault();
+    }
+    let mut failed = 0;
+    let mut ran = 0;
+    for (name, test) in TESTS
+        .iter()
+        .filter(|(n, _)| config.test.is_none_or(|t| t == *n))
+    {
+        ran += 1;
+        let (ok, detail) = match test() {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        if !ok {
+            failed += 1;
+        }
+        console::record("test", |r| {
+            r.str("name", name)?
+                .bool("ok", ok)?
+                .str("detail", &detail)?;
+            Ok(())
+        });
+    }
+    if ran == 0 {
+        log::error!("no test is named {:?}", config.test.unwrap_or(""));
+        return power::EXIT_FAILURE;
+    }
+    log::info!("{} of {} tests passed", ran - failed, ran);
+    if failed == 0 {
+        power::EXIT_SUCCESS
+    } else {
+        power::EXIT_FAILURE
+    }
+}
+
+fn detail(args: core::fmt::Arguments<'_>) -> Detail {
+    let mut s = Detail::new();
+    let _ = s.write_fmt(args);
+    s
+}
+
+/// Passes when `result` is a #PF whose error code says `what`.
+fn expect_pf<T>(result: Result<T, Fault>, addr: u64, protection: bool) -> Result<Detail, Detail> {
+    match result {
+        Err(f)
+            if f.vector == Fault::PAGE_FAULT
+                && f.addr == addr
+                && (f.error_code & 1 != 0) == protection =>
+        {
+            Ok(detail(format_args!("{f}")))
+        }
+        Err(f) => Err(detail(format_args!("wrong fault: {f}"))),
+        Ok(_) => Err(detail(format_args!("no fault at {addr:#x}"))),
+    }
+}
+
+fn null_page_faults() -> Result<Detail, Detail> {
+    expect_pf(probe_read(VirtAddr::new(0)), 0, false)
+}
+
+fn text_is_not_writable() -> Result<Detail, Detail> {
+    let addr = run as usize as u64;
+    let before = probe_read(VirtAddr::new(addr))
+        .map_err(|f| detail(format_args!("cannot read text: {f}")))?;
+    // SAFETY: if the write were to succeed it would store the same bytes back.
+    expect_pf(
+        unsafe { probe_write(VirtAddr::new(addr), before) },
+        addr,
+        true,
+    )
+}
+
+static RODATA_WORD: u64 = 0x5eed;
+
+fn rodata_is_not_writable() -> Result<Detail, Detail> {
+    let addr = &raw const RODATA_WORD as u64;
+    // SAFETY: as above, the same value would be stored back.
+    expect_pf(
+        unsafe { probe_write(VirtAddr::new(addr), RODATA_WORD) },
+        addr,
+        true,
+    )
+}
+
+/// A `ret` instruction in writable data: executing it must fault.
+static mut DATA_RET: [u8; 16] = [0xc3; 16];
+
+fn data_is_not_executable() -> Result<Detail, Detail> {
+    let addr = &raw mut DATA_RET as u64;
+    // SAFETY: the target holds `ret`, so even a wrongly successful fetch returns.
+    expect_pf(unsafe { probe_exec(VirtAddr::new(addr)) }, addr, true)
+}
+
+fn stack_is_not_executable() -> Result<Detail, Detail> {
+    let code = core::hint::black_box([0xc3u8; 16]);
+    let addr = code.as_ptr() as u64;
+    // SAFETY: as above.
+    expect_pf(unsafe { probe_exec(VirtAddr::new(addr)) }, addr, true)
+}
+
+fn ipi_round_trip() -> Result<Detail, Detail> {
+    let online = smp::online_count();
+    match smp::ping_all() {
+        Ok(sent) if sent as usize == online - 1 => {
+            Ok(detail(format_args!("{sent} IPIs acknowledged")))
+        }
+        Ok(sent) => Err(detail(format_args!(
+            "{sent} IPIs for {} other CPUs",
+            online - 1
+        ))),
+        Err(e) => Err(detail(format_args!(
+            "no acknowledgement from cpus {:#x}",
+            e.missing
+        ))),
+    }
+}
+
+fn frames_alloc_free() -> Result<Detail, Detail> {
+    let mut guard = memory::FRAMES.lock();
+    let frames = guard
+        .as_mut()
+        .ok_or_else(|| detail(format_args!("no frame allocator")))?;
+    let before = frames.free_frames();
+    let f = frames
+        .alloc_zeroed(&memory::Identity)
+        .map_err(|e| detail(format_args!("{e}")))?;
+    if !frames.is_allocated(f) || frames.free_frames() != before - 1 {
+        return Err(detail(format_args!("allocation not recorded")));
+    }
+    frames.free(f).map_err(|e| detail(format_args!("{e}")))?;
+    match frames.free(f) {
+        Err(_) if frames.free_frames() == before => Ok(detail(format_args!(
+            "{:#x} allocated, freed, double free refused",
+            f.start_address().as_u64()
+        ))),
+        Err(_) => Err(detail(format_args!("free count drifted"))),
+        Ok(()) => Err(detail(format_args!("double free accepted"))),
+    }
+}
+
+/// `test=fault`: dereference the null page with no probe armed.
+fn deliberate_fault() -> ! {
+    log::info!("deliberate fault: reading the null page");
+    // SAFETY: not safe at all, on purpose: page 0 is unmapped, so this faults
+    // and the fault handler reports it and ends the run.
+    let v = unsafe { core::ptr::read_volatile(core::hint::black_box(8usize) as *const u64) };
+    log::error!("the null page was readable (read {v:#x})");
+    let _ = interrupts::vector_name(0);
+    power::exit(power::EXIT_FAILURE)
+}
