@@ -6,7 +6,8 @@
 //!
 //! boot structures ([`pvh`], [`cmdline`]) → physical memory ([`frames`]) →
 //! page tables ([`paging`]) → firmware tables ([`acpi_tables`]) → hypervisor
-//! detection ([`hypervisor`]) → serial records ([`hb`]).
+//! detection ([`hypervisor`]) → the hypercall queue ([`queue`]) and the mm
+//! window it batches for ([`space`]) → serial records ([`hb`]).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -18,4 +19,9 @@ pub mod hypervisor;
 pub mod paging;
 pub mod phys;
 pub mod pvh;
+pub mod queue;
+pub mod space;
+
+#[cfg(test)]
+mod mm_tests;
 pub mod sync;

@@ -163,6 +163,52 @@ impl LeafEntry {
     }
 }
 
+/// A page-table entry's value, `Copy` so that queue records can hold it
+/// (the x86_64 crate's `PageTableEntry` is only `Clone`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Pte(u64);
+
+impl Pte {
+    pub const EMPTY: Pte = Pte(0);
+
+    pub fn from_entry(e: &PageTableEntry) -> Self {
+        Pte(e.flags().bits() | e.addr().as_u64())
+    }
+
+    pub fn to_entry(self) -> PageTableEntry {
+        let mut e = PageTableEntry::new();
+        e.set_addr(self.addr(), self.flags());
+        e
+    }
+
+    /// The raw 64-bit value, as hardware reads it.
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+
+    pub const fn from_bits(v: u64) -> Self {
+        Pte(v)
+    }
+
+    pub fn flags(self) -> PageTableFlags {
+        PageTableFlags::from_bits_truncate(self.0)
+    }
+
+    pub fn addr(self) -> PhysAddr {
+        PhysAddr::new(self.0 & 0x000f_ffff_ffff_f000)
+    }
+
+    pub fn is_present(self) -> bool {
+        self.flags().contains(PageTableFlags::PRESENT)
+    }
+}
+
+impl fmt::Debug for Pte {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pte({:#x}, {:?})", self.addr().as_u64(), self.flags())
+    }
+}
+
 /// The 4 KiB leaf entry that maps `frame` with `flags` (`PRESENT` added), for
 /// a deferred [`PageTables::write_entry`].
 pub fn pte_4k(frame: PhysFrame<Size4KiB>, flags: PageTableFlags) -> Result<PageTableEntry, Error> {

@@ -1,0 +1,1 @@
+//! Host tests of the queue and the address-space core together (being written).
