@@ -632,8 +632,8 @@ mod tests {
         let mut map = QEMU_MAP.to_vec();
         map[2] = (0xf0000, 0, 2);
         let parsed = parse_map(&map).expect("zero-size entries are skipped");
-        assert_eq!(parsed.len(), QEMU_MAP.len() - 1);
-        assert!(parsed.iter().all(|r| r.len != 0));
+        assert_eq!(parsed.memory_map.len(), QEMU_MAP.len() - 1);
+        assert!(parsed.memory_map.iter().all(|r| r.len != 0));
         assert_eq!(parse_map(&[(0x10_0000, 0, 1)]), Err(Error::EmptyMemoryMap));
 
         let err = Error::BadRegion {
