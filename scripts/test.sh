@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs every check hyperbatch has, in order, and stops at the first failure:
+#
+#   1. scripts/setup.sh      installs what is missing (rust-src, clippy and
+#                            rustfmt through rustup; QEMU through apt-get as root)
+#   2. cargo fmt --check
+#   3. clippy -D warnings    on the host library and its tests, then on the
+#                            kernel binary for target.json
+#   4. cargo test            the library's unit tests, on the host
+#   5. scripts/build.sh      the kernel ELF
+#   6. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
+#                            machines and CPU counts
+#
+#   scripts/test.sh [--quick]     --quick: only the guest rows marked quick
+#
+# CI runs this through .ci/run. Its last line is guest.py's `N passed, N failed`.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+guest_args=()
+while (($#)); do
+    case "$1" in
+    --quick) guest_args+=(--quick) ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "test.sh: unknown option '$1' (see --help)" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+
+started=$SECONDS
+step_name=""
+step() {
+    step_name="$1"
+    echo
+    echo "==> $step_name ($((SECONDS - started)) s so far)"
+}
+on_exit() {
+    local rc=$?
+    if ((rc != 0)) && [[ -n "$step_name" ]]; then
+        echo >&2
+        echo "test.sh: FAILED at step '$step_name' (exit $rc) after $((SECONDS - started)) s" >&2
+    fi
+}
+trap on_exit EXIT
+
+step "setup: toolchain and QEMU"
+scripts/setup.sh --for test
+
+step "format: cargo +nightly fmt --check"
+if ! cargo +nightly fmt --check; then
+    echo "test.sh: formatting differs (above); run: cargo +nightly fmt" >&2
+    exit 1
+fi
+
+step "lint: clippy on the host library and its tests"
+cargo +nightly clippy --lib --tests -- -D warnings
+
+step "lint: clippy on the kernel (target.json)"
+scripts/build.sh --clippy --no-setup
+
+step "unit tests: cargo +nightly test (host)"
+cargo +nightly test
+
+step "build: the kernel"
+kernel="$(scripts/build.sh --no-setup)"
+
+step "guest tests: tests/guest.py"
+# guest.py's closing `N passed, N failed` line is the last thing printed.
+trap - EXIT
+if ! python3 tests/guest.py --kernel "$kernel" "${guest_args[@]}"; then
+    exit 1
+fi
