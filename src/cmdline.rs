@@ -110,8 +110,11 @@ pub struct Config<'a> {
     pub log: LevelFilter,
     /// `fail_alloc_at=`: make the frame allocation after this many fail once.
     pub fail_alloc_at: Option<u64>,
-    /// `skip_cpu=`: leave this CPU offline.
+    /// `skip_cpu=`: leave the CPU with this APIC ID offline (fault injection).
     pub skip_cpu: Option<u32>,
+    /// `no_shootdown`: flushes skip the TLB shootdown (fault injection, to
+    /// show that the stale-TLB test catches its absence).
+    pub no_shootdown: bool,
 }
 
 impl Default for Config<'_> {
@@ -127,6 +130,7 @@ impl Default for Config<'_> {
             log: LevelFilter::Info,
             fail_alloc_at: None,
             skip_cpu: None,
+            no_shootdown: false,
         }
     }
 }
@@ -249,6 +253,22 @@ pub const KEYS: &[Key] = &[
                 skip_cpu: Some(u32::try_from(number(v)?).ok()?),
                 ..c
             })
+        },
+    },
+    Key {
+        name: "no_shootdown",
+        expected: "0 or 1 (or a bare no_shootdown)",
+        bare: Some("1"),
+        set: |c, v| match v {
+            "0" => Some(Config {
+                no_shootdown: false,
+                ..c
+            }),
+            "1" => Some(Config {
+                no_shootdown: true,
+                ..c
+            }),
+            _ => None,
         },
     },
 ];

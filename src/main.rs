@@ -15,6 +15,7 @@
 mod arch;
 mod console;
 mod memory;
+mod mm;
 mod platform;
 mod selftest;
 
@@ -109,6 +110,13 @@ extern "C" fn bsp_main() -> ! {
         apic::mode().name()
     );
 
+    mm::init(config.pv, config.no_shootdown);
+    if let Some(n) = config.fail_alloc_at {
+        if let Some(f) = memory::FRAMES.lock().as_mut() {
+            f.set_fail_after(Some(n));
+        }
+    }
+
     let skip = config.skip_cpu;
     let cpus = platform::cpus(acpi.as_ref());
     let started = smp::start_aps(cpus, want_x2apic, skip);
@@ -135,6 +143,7 @@ extern "C" fn bsp_main() -> ! {
             .bool("acpi", acpi.is_some())?
             .bool("ipi_ok", ipi_ok)?
             .str("cpu_model", host.info.cpu_model.as_str())?
+            .str("pv", config.pv.as_str())?
             .str("cmdline", &boot.info.cmdline)?;
         Ok(())
     });

@@ -11,7 +11,7 @@ use core::fmt::Write;
 use hyperbatch::cmdline::Config;
 use x86_64::VirtAddr;
 
-type Detail = heapless::String<160>;
+pub(crate) type Detail = heapless::String<160>;
 type TestFn = fn() -> Result<Detail, Detail>;
 
 const TESTS: &[(&str, TestFn)] = &[
@@ -22,7 +22,35 @@ const TESTS: &[(&str, TestFn)] = &[
     ("stack_is_not_executable", stack_is_not_executable),
     ("ipi_round_trip", ipi_round_trip),
     ("frames_alloc_free", frames_alloc_free),
+    ("mm_map_reads_back", mm_tests::map_reads_back),
+    ("mm_map_given_frames", mm_tests::map_given_frames),
+    ("mm_translate_flushes", mm_tests::translate_flushes),
+    (
+        "mm_unmap_faults_after_flush",
+        mm_tests::unmap_faults_after_flush,
+    ),
+    ("mm_protect", mm_tests::protect_read_only),
+    ("mm_stale_tlb_cross_cpu", mm_tests::stale_tlb_cross_cpu),
+    (
+        "mm_frame_kept_until_shootdown",
+        mm_tests::frame_kept_until_shootdown,
+    ),
+    ("mm_ring_full_mid_batch", mm_tests::ring_full_mid_batch),
+    ("mm_bad_input", mm_tests::bad_input),
+    (
+        "mm_out_of_frames_mid_call",
+        mm_tests::out_of_frames_mid_call,
+    ),
+    ("mm_pending_on_other_cpu", mm_tests::pending_on_other_cpu),
+    ("mm_cr_lazy_mode", mm_tests::cr_lazy_mode),
+    (
+        "mm_batched_vs_immediate_counts",
+        mm_tests::batched_vs_immediate_counts,
+    ),
 ];
+
+#[path = "selftest_mm.rs"]
+mod mm_tests;
 
 pub fn run(config: &Config<'_>) -> u32 {
     if config.test == Some("fault") {
@@ -61,14 +89,18 @@ pub fn run(config: &Config<'_>) -> u32 {
     }
 }
 
-fn detail(args: core::fmt::Arguments<'_>) -> Detail {
+pub(crate) fn detail(args: core::fmt::Arguments<'_>) -> Detail {
     let mut s = Detail::new();
     let _ = s.write_fmt(args);
     s
 }
 
 /// Passes when `result` is a #PF whose error code says `what`.
-fn expect_pf<T>(result: Result<T, Fault>, addr: u64, protection: bool) -> Result<Detail, Detail> {
+pub(crate) fn expect_pf<T>(
+    result: Result<T, Fault>,
+    addr: u64,
+    protection: bool,
+) -> Result<Detail, Detail> {
     match result {
         Err(f)
             if f.vector == Fault::PAGE_FAULT

@@ -233,7 +233,10 @@ impl<'m, M: PhysMemory> Space<'m, M> {
         let hw = match alloc {
             None => match self.tables().leaf_entry(page, None) {
                 Ok(e) => e,
-                Err(paging::Error::OutOfTables(_)) => return Ok(None),
+                // No table on the way down: nothing was ever mapped here.
+                Err(paging::Error::OutOfTables(_) | paging::Error::NotMapped(_)) => {
+                    return Ok(None)
+                }
                 Err(e) => return Err(Error::Corrupt(e)),
             },
             Some(a) => {

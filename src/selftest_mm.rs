@@ -1,0 +1,548 @@
+//! In-guest tests of the mm API and its queue (issue 3). Each test uses its
+//! own slice of the window, so a failure in one cannot cascade.
+
+use super::{detail, expect_pf, Detail};
+use crate::arch::x86_64::interrupts::probe_read;
+use crate::arch::x86_64::{percpu, smp};
+use crate::memory::{Identity, FRAMES};
+use crate::mm::{self, Protection as Prot};
+use core::sync::atomic::{AtomicU64, Ordering};
+use hyperbatch::cmdline::Backend;
+use hyperbatch::phys::PhysMemory;
+use hyperbatch::queue::{Cr, Trigger, RING_CAPACITY};
+use hyperbatch::space::{Error, WINDOW_BASE, WINDOW_SIZE};
+use x86_64::structures::paging::PhysFrame;
+use x86_64::{PhysAddr, VirtAddr};
+
+type Outcome = Result<Detail, Detail>;
+const PAGE: u64 = 4096;
+
+/// Test n's private 1 GiB slice of the window.
+fn region(n: u64) -> VirtAddr {
+    VirtAddr::new(WINDOW_BASE + n * (1 << 30))
+}
+
+fn fail(e: Error) -> Detail {
+    detail(format_args!("{e}"))
+}
+
+fn write(va: VirtAddr, v: u64) {
+    // SAFETY: the tests only write pages they mapped writable in their own
+    // slice of the window; a pending map faults and is flushed by the mm.
+    unsafe { (va.as_u64() as *mut u64).write_volatile(v) }
+}
+
+fn read(va: VirtAddr) -> u64 {
+    // SAFETY: as in `write`, for pages the test mapped.
+    unsafe { (va.as_u64() as *const u64).read_volatile() }
+}
+
+pub fn map_reads_back() -> Outcome {
+    let base = region(1);
+    let n = 16;
+    let before = mm::counters();
+    mm::map_anon(base, n, Prot::READ_WRITE).map_err(fail)?;
+    for i in 0..n {
+        write(base + i * PAGE, 0xa5a5_0000 + i);
+    }
+    for i in 0..n {
+        let v = read(base + i * PAGE);
+        if v != 0xa5a5_0000 + i {
+            return Err(detail(format_args!("page {i} read {v:#x}")));
+        }
+    }
+    let faults = mm::counters().since(&before).fault_flushes();
+    if mm::backend() == Backend::Batched && faults == 0 {
+        return Err(detail(format_args!(
+            "first touch of a pending map did not flush on the fault"
+        )));
+    }
+    mm::unmap(base, n).map_err(fail)?;
+    mm::flush();
+    Ok(detail(format_args!(
+        "{n} pages written and read back, {faults} fault-driven flushes"
+    )))
+}
+
+pub fn map_given_frames() -> Outcome {
+    let base = region(2);
+    let frames: [PhysFrame; 2] = {
+        let mut g = FRAMES.lock();
+        let f = g
+            .as_mut()
+            .ok_or_else(|| detail(format_args!("no allocator")))?;
+        let a = f
+            .alloc_zeroed(&Identity)
+            .map_err(|e| detail(format_args!("{e}")))?;
+        let b = f
+            .alloc_zeroed(&Identity)
+            .map_err(|e| detail(format_args!("{e}")))?;
+        [a, b]
+    };
+    for (i, f) in frames.iter().enumerate() {
+        let p = Identity
+            .ptr(f.start_address(), 8)
+            .ok_or_else(|| detail(format_args!("frame not reachable")))?;
+        // SAFETY: freshly allocated frames, reached through the identity map.
+        unsafe { (p as *mut u64).write_volatile(0x1111 * (i as u64 + 1)) };
+    }
+    mm::map(base, &frames, Prot::READ).map_err(fail)?;
+    mm::flush();
+    let ok = read(base) == 0x1111 && read(base + PAGE) == 0x2222;
+    mm::unmap(base, 2).map_err(fail)?;
+    mm::flush();
+    // map() frames stay the caller's after unmap.
+    let still = frames.iter().all(|f| mm::frame_allocated(*f));
+    if let Some(f) = FRAMES.lock().as_mut() {
+        for fr in frames {
+            let _ = f.free(fr);
+        }
+    }
+    match (ok, still) {
+        (true, true) => Ok(detail(format_args!(
+            "caller frames visible through the window, kept after unmap"
+        ))),
+        (false, _) => Err(detail(format_args!(
+            "window does not show the frames' contents"
+        ))),
+        (_, false) => Err(detail(format_args!("unmap freed frames it did not own"))),
+    }
+}
+
+pub fn translate_flushes() -> Outcome {
+    let base = region(3);
+    mm::map_anon(base, 1, Prot::READ_WRITE).map_err(fail)?;
+    let pending = mm::pending();
+    let t = mm::translate(base + 8u64)
+        .ok_or_else(|| detail(format_args!("no translation after map")))?;
+    let after = mm::pending();
+    mm::unmap(base, 1).map_err(fail)?;
+    mm::flush();
+    let gone = mm::translate(base).is_none();
+    if !t.owned || t.prot != Prot::READ_WRITE || t.phys.as_u64() & 0xfff != 8 || after != 0 || !gone
+    {
+        return Err(detail(format_args!(
+            "translation {t:?}, pending {pending}->{after}, gone after unmap {gone}"
+        )));
+    }
+    Ok(detail(format_args!(
+        "translate applied {pending} pending entries first"
+    )))
+}
+
+pub fn unmap_faults_after_flush() -> Outcome {
+    let base = region(4);
+    mm::map_anon(base, 1, Prot::READ_WRITE).map_err(fail)?;
+    write(base, 7);
+    mm::unmap(base, 1).map_err(fail)?;
+    mm::flush();
+    expect_pf(probe_read(base), base.as_u64(), false)
+}
+
+pub fn protect_read_only() -> Outcome {
+    let base = region(5);
+    mm::map_anon(base, 1, Prot::READ_WRITE).map_err(fail)?;
+    write(base, 42);
+    mm::protect(base, 1, Prot::READ).map_err(fail)?;
+    mm::flush();
+    // SAFETY: the page is ours; if the write were allowed it stores 43.
+    let r = expect_pf(
+        unsafe { crate::arch::x86_64::interrupts::probe_write(base, 43) },
+        base.as_u64(),
+        true,
+    );
+    let v = read(base);
+    mm::unmap(base, 1).map_err(fail)?;
+    mm::flush();
+    let d = r?;
+    if v != 42 {
+        return Err(detail(format_args!("read-only page changed to {v}")));
+    }
+    Ok(d)
+}
+
+// --- Cross-vCPU ------------------------------------------------------------
+
+static REMOTE_RESULT: AtomicU64 = AtomicU64::new(0);
+const REMOTE_FAULTED: u64 = u64::MAX;
+
+fn remote_read(addr: u64) {
+    let r = match probe_read(VirtAddr::new(addr)) {
+        Ok(v) => v,
+        Err(_) => REMOTE_FAULTED,
+    };
+    REMOTE_RESULT.store(r, Ordering::Release);
+}
+
+/// Runs `f(arg)` on CPU `cpu` and waits for it.
+fn on_cpu(cpu: usize, f: fn(u64), arg: u64) -> Result<(), Detail> {
+    if !smp::post_work(cpu, f, arg) {
+        return Err(detail(format_args!("cpu{cpu} is busy")));
+    }
+    let deadline = crate::arch::x86_64::tsc::rdtsc() + crate::arch::x86_64::tsc::hz() * 5;
+    while !smp::work_done(cpu) {
+        if crate::arch::x86_64::tsc::rdtsc() > deadline {
+            return Err(detail(format_args!(
+                "cpu{cpu} did not finish its work in 5 s"
+            )));
+        }
+        smp::serve_mailbox();
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+fn other_cpu() -> Option<usize> {
+    let me = percpu::cpu_index();
+    (0..percpu::MAX_CPUS).find(|&c| c != me && smp::online_mask() & (1 << c) != 0)
+}
+
+pub fn stale_tlb_cross_cpu() -> Outcome {
+    let Some(b) = other_cpu() else {
+        return Ok(detail(format_args!("skipped: needs a second vCPU")));
+    };
+    let page = region(6);
+    mm::map_anon(page, 1, Prot::READ_WRITE).map_err(fail)?;
+    write(page, 0x5ca1ab1e);
+    mm::flush();
+    // B reads the page, so its TLB now holds the translation.
+    on_cpu(b, remote_read, page.as_u64())?;
+    let first = REMOTE_RESULT.load(Ordering::Acquire);
+    if first != 0x5ca1ab1e {
+        return Err(detail(format_args!(
+            "cpu{b} read {first:#x} before the unmap"
+        )));
+    }
+    // A unmaps and flushes: the shootdown must reach B.
+    mm::unmap(page, 1).map_err(fail)?;
+    mm::flush();
+    on_cpu(b, remote_read, page.as_u64())?;
+    match REMOTE_RESULT.load(Ordering::Acquire) {
+        REMOTE_FAULTED => Ok(detail(format_args!(
+            "cpu{b} faulted on the unmapped page after the shootdown"
+        ))),
+        v => Err(detail(format_args!(
+            "cpu{b} still read {v:#x} through a stale TLB entry after unmap+flush"
+        ))),
+    }
+}
+
+fn remote_map_pending(addr: u64) {
+    let r = match mm::map_anon(VirtAddr::new(addr), 1, Prot::READ_WRITE) {
+        Ok(()) => 1,
+        Err(_) => 2,
+    };
+    REMOTE_RESULT.store(r, Ordering::Release);
+}
+
+fn remote_flush(_: u64) {
+    mm::flush();
+}
+
+pub fn pending_on_other_cpu() -> Outcome {
+    let Some(b) = other_cpu() else {
+        return Ok(detail(format_args!("skipped: needs a second vCPU")));
+    };
+    if mm::backend() == Backend::Immediate {
+        return Ok(detail(format_args!(
+            "skipped: nothing stays pending under pv=immediate"
+        )));
+    }
+    let page = region(7);
+    on_cpu(b, remote_map_pending, page.as_u64())?;
+    if REMOTE_RESULT.load(Ordering::Acquire) != 1 {
+        return Err(detail(format_args!("cpu{b} could not map")));
+    }
+    let r = mm::unmap(page, 1);
+    on_cpu(b, remote_flush, 0)?;
+    let after = mm::unmap(page, 1);
+    mm::flush();
+    match (r, after) {
+        (Err(Error::PendingOnCpu { cpu, .. }), Ok(())) if cpu == b => Ok(detail(format_args!(
+            "refused while pending on cpu{b}, accepted after its flush"
+        ))),
+        (r, a) => Err(detail(format_args!(
+            "while pending: {r:?}; after flush: {a:?}"
+        ))),
+    }
+}
+
+pub fn frame_kept_until_shootdown() -> Outcome {
+    let page = region(8);
+    mm::map_anon(page, 1, Prot::READ_WRITE).map_err(fail)?;
+    let frame = PhysFrame::containing_address(
+        mm::translate(page)
+            .ok_or_else(|| detail(format_args!("no translation")))?
+            .phys,
+    );
+    let batch = mm::batch();
+    mm::unmap(page, 1).map_err(fail)?;
+    let held = mm::frame_allocated(frame);
+    drop(batch);
+    let freed = !mm::frame_allocated(frame);
+    if mm::backend() == Backend::Batched && !held {
+        return Err(detail(format_args!(
+            "frame {:#x} freed before the flush",
+            frame.start_address().as_u64()
+        )));
+    }
+    if !freed {
+        return Err(detail(format_args!(
+            "frame {:#x} not freed by the flush",
+            frame.start_address().as_u64()
+        )));
+    }
+    Ok(detail(format_args!(
+        "frame {:#x} held while the unmap was pending, freed after",
+        frame.start_address().as_u64()
+    )))
+}
+
+pub fn ring_full_mid_batch() -> Outcome {
+    let base = region(9);
+    let n = RING_CAPACITY as u64 * 2 + 7;
+    let before = mm::counters();
+    {
+        let _b = mm::batch();
+        mm::map_anon(base, n, Prot::READ_WRITE).map_err(fail)?;
+    }
+    let full = mm::counters().since(&before).flushes[Trigger::Full as usize];
+    for i in 0..n {
+        write(base + i * PAGE, i ^ 0x77);
+    }
+    let bad = (0..n)
+        .filter(|&i| read(base + i * PAGE) != i ^ 0x77)
+        .count();
+    mm::unmap(base, n).map_err(fail)?;
+    mm::flush();
+    if bad != 0 {
+        return Err(detail(format_args!("{bad} of {n} pages lost")));
+    }
+    if mm::backend() == Backend::Batched && full < 2 {
+        return Err(detail(format_args!(
+            "{n} entries in a {RING_CAPACITY}-entry ring caused {full} full flushes"
+        )));
+    }
+    Ok(detail(format_args!(
+        "{n} pages in one batch, {full} ring-full flushes, none lost"
+    )))
+}
+
+/// A frame the allocator holds as free.
+fn free_frame() -> PhysFrame {
+    let mut g = FRAMES.lock();
+    let f = g.as_mut().expect("allocator");
+    let frame = f.alloc().expect("a free frame");
+    let _ = f.free(frame);
+    frame
+}
+
+pub fn bad_input() -> Outcome {
+    let base = region(10);
+    let end = VirtAddr::new(WINDOW_BASE + WINDOW_SIZE);
+    let frame = PhysFrame::containing_address(PhysAddr::new(0x10_0000));
+    let checks: [(&str, Result<(), Error>, fn(&Error) -> bool); 12] = [
+        ("unaligned", mm::map_anon(base + 8u64, 1, Prot::READ), |e| {
+            matches!(e, Error::Unaligned(_))
+        }),
+        ("zero length", mm::map_anon(base, 0, Prot::READ), |e| {
+            matches!(e, Error::ZeroLength)
+        }),
+        (
+            "below window",
+            mm::map_anon(VirtAddr::new(WINDOW_BASE - PAGE), 1, Prot::READ),
+            |e| matches!(e, Error::OutsideWindow { .. }),
+        ),
+        (
+            "past window end",
+            mm::map_anon(end - PAGE, 2, Prot::READ),
+            |e| matches!(e, Error::OutsideWindow { .. }),
+        ),
+        ("huge length", mm::unmap(base, u64::MAX / 2), |e| {
+            matches!(e, Error::OutsideWindow { .. })
+        }),
+        (
+            "writable+executable",
+            mm::map_anon(
+                base,
+                1,
+                Prot {
+                    write: true,
+                    exec: true,
+                },
+            ),
+            |e| matches!(e, Error::WriteAndExecute),
+        ),
+        ("unmap not mapped", mm::unmap(base, 1), |e| {
+            matches!(e, Error::NotMapped(_))
+        }),
+        (
+            "protect not mapped",
+            mm::protect(base, 1, Prot::READ),
+            |e| matches!(e, Error::NotMapped(_)),
+        ),
+        ("frame count", mm::map(base, &[], Prot::READ), |e| {
+            matches!(e, Error::ZeroLength)
+        }),
+        (
+            "free frame",
+            mm::map(base, &[free_frame()], Prot::READ),
+            |e| matches!(e, Error::BadFrame(_)),
+        ),
+        (
+            "map then map again",
+            {
+                let _ = mm::map(base, &[frame], Prot::READ);
+                mm::map(base, &[frame], Prot::READ)
+            },
+            |e| matches!(e, Error::AlreadyMapped(_)),
+        ),
+        (
+            "protect to W+X",
+            mm::protect(
+                base,
+                1,
+                Prot {
+                    write: true,
+                    exec: true,
+                },
+            ),
+            |e| matches!(e, Error::WriteAndExecute),
+        ),
+    ];
+    let _ = mm::unmap(base, 1);
+    mm::flush();
+    for (name, r, want) in checks {
+        match r {
+            Err(e) if want(&e) => {}
+            other => return Err(detail(format_args!("{name}: got {other:?}"))),
+        }
+    }
+    // Overlap with a mapping made earlier in the same, still pending batch.
+    let overlap = {
+        let _b = mm::batch();
+        let first = mm::map_anon(base + 4 * PAGE, 4, Prot::READ);
+        let second = mm::map_anon(base + 6 * PAGE, 4, Prot::READ);
+        (first, second)
+    };
+    let untouched = mm::translate(base + 8 * PAGE).is_none();
+    let _ = mm::unmap(base + 4 * PAGE, 4);
+    mm::flush();
+    match overlap {
+        (Ok(()), Err(Error::AlreadyMapped(a))) if a == base + 6 * PAGE && untouched => {}
+        o => {
+            return Err(detail(format_args!(
+                "overlap within a batch: {o:?}, rest untouched: {untouched}"
+            )))
+        }
+    }
+    Ok(detail(format_args!(
+        "13 bad inputs refused with their errors"
+    )))
+}
+
+pub fn out_of_frames_mid_call() -> Outcome {
+    let base = region(11);
+    let free_before = mm::free_frames();
+    let tables_before = mm::table_pages();
+    // Tables first, so the failure lands on a data frame.
+    mm::map_anon(base + 64 * PAGE, 1, Prot::READ).map_err(fail)?;
+    mm::unmap(base + 64 * PAGE, 1).map_err(fail)?;
+    mm::flush();
+    let tables = mm::table_pages();
+    if let Some(f) = FRAMES.lock().as_mut() {
+        f.set_fail_after(Some(5));
+    }
+    let r = mm::map_anon(base, 10, Prot::READ_WRITE);
+    mm::flush();
+    if let Some(f) = FRAMES.lock().as_mut() {
+        f.set_fail_after(None);
+    }
+    let mapped = (0..10)
+        .filter(|&i| mm::translate(base + i * PAGE).is_some())
+        .count();
+    let free_after = mm::free_frames();
+    let leaked = free_before as i64 - (tables - tables_before) as i64 - free_after as i64;
+    match r {
+        Err(Error::OutOfFrames) if mapped == 0 && leaked == 0 => Ok(detail(format_args!(
+            "failed at frame 6 of 10; nothing mapped, no frame leaked"
+        ))),
+        r => Err(detail(format_args!(
+            "{r:?}, {mapped} pages left mapped, {leaked} frames leaked"
+        ))),
+    }
+}
+
+pub fn cr_lazy_mode() -> Outcome {
+    let cr4 = mm::read_cr(Cr::Cr4);
+    let before = mm::counters();
+    {
+        let _b = mm::cpu_batch();
+        for _ in 0..10 {
+            mm::write_cr(Cr::Cr4, cr4);
+        }
+        if mm::read_cr(Cr::Cr4) != cr4 {
+            return Err(detail(format_args!("CR4 cache lost the pending value")));
+        }
+    }
+    let d = mm::counters().since(&before);
+    if d.cr_writes != 1 || d.cr_coalesced != 9 {
+        return Err(detail(format_args!(
+            "10 writes in CPU lazy mode: {} issued, {} coalesced",
+            d.cr_writes, d.cr_coalesced
+        )));
+    }
+    mm::write_cr(Cr::Cr4, cr4);
+    let d2 = mm::counters().since(&before);
+    if d2.cr_writes != 2 {
+        return Err(detail(format_args!(
+            "a write outside lazy mode was not issued at once"
+        )));
+    }
+    Ok(detail(format_args!(
+        "10 deferred CR4 writes issued once; reads served from the cache"
+    )))
+}
+
+/// The done-when of issue 3: at a batch of 256 map+unmap, batched issues at
+/// most 1/64 of immediate's invalidations and shootdown rounds.
+pub fn batched_vs_immediate_counts() -> Outcome {
+    const N: u64 = 256;
+    let base = region(12);
+    let frame = PhysFrame::containing_address(PhysAddr::new(0x10_0000));
+    let frames = [frame; N as usize];
+    let run = |backend| -> Result<hyperbatch::queue::Counters, Detail> {
+        mm::set_backend(backend);
+        let before = mm::counters_all();
+        {
+            let _b = mm::batch();
+            mm::map(base, &frames, Prot::READ).map_err(fail)?;
+            // Touch every page so TLBs hold them and the unmap matters.
+            for i in 0..N {
+                let _ = read(base + i * PAGE);
+            }
+            mm::unmap(base, N).map_err(fail)?;
+        }
+        Ok(mm::counters_all().since(&before))
+    };
+    let configured = mm::backend();
+    let imm = run(Backend::Immediate);
+    let bat = run(Backend::Batched);
+    mm::set_backend(configured);
+    let (imm, bat) = (imm?, bat?);
+    let inv = |c: &hyperbatch::queue::Counters| c.invlpg + c.full_flushes;
+    let ok_inv = inv(&bat) * 64 <= inv(&imm);
+    let ok_sd = bat.shootdowns * 64 <= imm.shootdowns;
+    let d = detail(format_args!(
+        "immediate: {} invalidations, {} shootdowns; batched: {} invalidations, {} shootdowns",
+        inv(&imm),
+        imm.shootdowns,
+        inv(&bat),
+        bat.shootdowns
+    ));
+    if ok_inv && ok_sd && inv(&imm) > 0 {
+        Ok(d)
+    } else {
+        Err(d)
+    }
+}
