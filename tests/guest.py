@@ -46,6 +46,9 @@ BUILD = ROOT / "scripts" / "build.sh"
 
 PASS = "pass"
 FAULT = "fault"
+# One named test must report ok:false (a fault-injection proof that the test
+# can fail), every other test must pass, and the guest must exit with failure.
+TEST_FAILS = "test-fails"
 
 # What a fault report must contain. The exception handler names the vector.
 FAULT_REPORT = r"(?i)(page fault|#PF|exception)"
@@ -56,7 +59,8 @@ class Config:
     machine: str  # microvm | pc | q35
     smp: int
     cmdline: str  # the kernel command line
-    expect: str = PASS  # PASS or FAULT
+    expect: str = PASS  # PASS, FAULT or TEST_FAILS
+    failing_test: str | None = None  # with TEST_FAILS: the test that must fail
     timeout: int = 60  # seconds, enforced by run-qemu.sh
     quick: bool = False  # part of --quick
     min_tests: int = 0  # at least this many `test` events
@@ -82,9 +86,19 @@ MATRIX: list[Config] = [
     Config("q35",     2,   "run=boot"),
     Config("q35",     4,   "run=boot",               quick=True),
     Config("q35",     8,   "run=boot",               timeout=120),
-    # The in-guest tests (selftest.rs): each prints an HB test line.
-    Config("microvm", 2,   "run=test",               quick=True, min_tests=1),
-    Config("q35",     4,   "run=test",               min_tests=1),
+    # The in-guest tests (selftest.rs): each prints an HB test line. Both
+    # backends, 1, 2 and 4 vCPUs (issue 3's done-when).
+    Config("microvm", 1,   "run=test pv=batched",    min_tests=20),
+    Config("microvm", 2,   "run=test pv=batched",    quick=True, min_tests=20),
+    Config("q35",     4,   "run=test pv=batched",    quick=True, min_tests=20),
+    Config("pc",      4,   "run=test pv=batched",    min_tests=20),
+    Config("microvm", 1,   "run=test pv=immediate",  min_tests=20),
+    Config("q35",     2,   "run=test pv=immediate",  min_tests=20),
+    Config("microvm", 4,   "run=test pv=immediate",  quick=True, min_tests=20),
+    # Without the shootdown, the cross-vCPU stale-TLB test must catch the
+    # stale translation: proof that it can fail.
+    Config("q35",     2,   "run=test test=mm_stale_tlb_cross_cpu no_shootdown",
+           expect=TEST_FAILS, failing_test="mm_stale_tlb_cross_cpu", quick=True),
     # The exception path: must report and fail, not hang or triple-fault.
     Config("microvm", 2,   "run=test test=fault",    expect=FAULT, quick=True,
            must_print=FAULT_REPORT, must_events=("fault",)),
@@ -147,8 +161,13 @@ def check(config: Config, rc: int, serial: list[str]) -> list[str]:
         status = None
 
     for t in tests:
-        if t.get("ok") is not True:
+        must_fail = config.expect == TEST_FAILS and t.get("name") == config.failing_test
+        if must_fail and t.get("ok") is not False:
+            problems.append(f"test {t.get('name')!r} passed, but it must fail here: {t.get('detail')!r}")
+        elif not must_fail and t.get("ok") is not True:
             problems.append(f"test {t.get('name')!r} failed: {t.get('detail')!r}")
+    if config.expect == TEST_FAILS and not any(t.get("name") == config.failing_test for t in tests):
+        problems.append(f"test {config.failing_test!r} did not run")
     if len(tests) < config.min_tests:
         problems.append(f"{len(tests)} test lines, expected at least {config.min_tests}")
 
@@ -164,7 +183,7 @@ def check(config: Config, rc: int, serial: list[str]) -> list[str]:
             problems.append(f"guest exit status {status}, expected 0")
         if rc != 0 and rc not in (124, 125, 126):
             problems.append(f"run-qemu.sh exited {rc}, expected 0")
-    elif config.expect == FAULT:
+    elif config.expect in (FAULT, TEST_FAILS):
         if status == 0:
             problems.append("guest exit status 0, expected a failure")
         if rc == 0:
