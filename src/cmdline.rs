@@ -390,7 +390,7 @@ mod tests {
     #[test]
     fn every_key_parses() {
         let line = "run=bench pv=immediate test=paging.map seed=0x1F ops=1000 quick \
-                    suite=mmu log=debug fail_alloc_at=17 skip_cpu=1";
+                    suite=mmu log=debug fail_alloc_at=17 skip_cpu=1 no_shootdown";
         let c = parse(line).unwrap();
         assert_eq!(
             c,
@@ -405,6 +405,7 @@ mod tests {
                 log: LevelFilter::Debug,
                 fail_alloc_at: Some(17),
                 skip_cpu: Some(1),
+                no_shootdown: true,
             }
         );
         // Names borrow from the input.

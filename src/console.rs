@@ -7,7 +7,7 @@
 //! gets its report out.
 
 use crate::arch::x86_64::{irq::IrqLock, percpu, serial};
-use core::fmt::{self, Write};
+use core::fmt::Write;
 use hyperbatch::hb::{self, Object};
 
 static LINE: IrqLock<()> = IrqLock::new(());
@@ -58,16 +58,4 @@ pub fn record(
 ) {
     let _line = LINE.lock();
     let _ = hb::emit(&mut serial::Raw, event, fill);
-}
-
-/// Prints preformatted text (tables, banners) as one unit.
-pub fn print(args: fmt::Arguments<'_>) {
-    let _line = LINE.lock();
-    let _ = serial::Raw.write_fmt(args);
-}
-
-#[macro_export]
-macro_rules! println {
-    () => { $crate::console::print(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::console::print(format_args!("{}\n", format_args!($($arg)*))) };
 }

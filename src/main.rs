@@ -101,12 +101,13 @@ extern "C" fn bsp_main() -> ! {
     // SAFETY: still the boot CPU's own slot; now with its real APIC ID.
     unsafe { percpu::init_this_cpu(0, apic::id()) };
     log::info!(
-        "{} on {}, TSC {} Hz ({}), {} MiB RAM, {} mode",
+        "{} on {}, TSC {} Hz ({}), {} MiB RAM identity-mapped up to {} GiB, {} mode",
         host.info.cpu_model.as_str(),
         host.info.hypervisor,
         host.tsc_hz,
         host.tsc_source.name(),
         boot.memory.ram_bytes / memory::MIB,
+        boot.memory.identity_end / memory::GIB,
         apic::mode().name()
     );
 

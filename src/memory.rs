@@ -174,8 +174,7 @@ pub fn init(map: &[MemoryRegion], reserved: &[Range]) -> Result<MemoryReport, Er
         .filter_map(|r| r.start.as_u64().checked_add(r.len))
         .max()
         .unwrap_or(0)
-        .max(BOOT_MAP_END)
-        .min(IDENTITY_MAX)
+        .clamp(BOOT_MAP_END, IDENTITY_MAX)
         .next_multiple_of(Size2MiB::SIZE);
     if map
         .iter()

@@ -217,6 +217,9 @@ impl Counters {
 
 /// The TLB invalidation a flush settles on, which the shootdown repeats on
 /// the other vCPUs.
+// One lives on the stack per flush and is never moved in bulk; boxing the
+// big variant would need an allocator the kernel does not have.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
     Pages(heapless::Vec<Page, INVLPG_CEILING>),

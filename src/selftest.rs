@@ -3,6 +3,10 @@
 //! deliberate, unrecovered fault that must produce a readable report and a
 //! failure exit.
 
+// A test outcome carries its message, built once per test, so the size of
+// its error variant does not matter.
+#![allow(clippy::result_large_err)]
+
 use crate::arch::x86_64::interrupts::{self, probe_exec, probe_read, probe_write, Fault};
 use crate::arch::x86_64::{power, smp};
 use crate::console;
@@ -119,7 +123,7 @@ fn null_page_faults() -> Result<Detail, Detail> {
 }
 
 fn text_is_not_writable() -> Result<Detail, Detail> {
-    let addr = run as usize as u64;
+    let addr = run as *const () as u64;
     let before = probe_read(VirtAddr::new(addr))
         .map_err(|f| detail(format_args!("cannot read text: {f}")))?;
     // SAFETY: if the write were to succeed it would store the same bytes back.

@@ -1,6 +1,9 @@
 //! In-guest tests of the mm API and its queue (issue 3). Each test uses its
 //! own slice of the window, so a failure in one cannot cascade.
 
+// See selftest.rs: outcomes carry their message.
+#![allow(clippy::result_large_err)]
+
 use super::{detail, expect_pf, Detail};
 use crate::arch::x86_64::interrupts::probe_read;
 use crate::arch::x86_64::{percpu, smp};
@@ -341,7 +344,8 @@ pub fn bad_input() -> Outcome {
     let base = region(10);
     let end = VirtAddr::new(WINDOW_BASE + WINDOW_SIZE);
     let frame = PhysFrame::containing_address(PhysAddr::new(0x10_0000));
-    let checks: [(&str, Result<(), Error>, fn(&Error) -> bool); 12] = [
+    type Check<'a> = (&'a str, Result<(), Error>, fn(&Error) -> bool);
+    let checks: [Check<'_>; 12] = [
         ("unaligned", mm::map_anon(base + 8u64, 1, Prot::READ), |e| {
             matches!(e, Error::Unaligned(_))
         }),

@@ -62,11 +62,6 @@ pub struct Fault {
 
 impl Fault {
     pub const PAGE_FAULT: u8 = 14;
-
-    /// True for a #PF raised because no translation was present (error bit 0 clear).
-    pub fn is_not_present(&self) -> bool {
-        self.vector == Self::PAGE_FAULT && self.error_code & 1 == 0
-    }
 }
 
 impl core::fmt::Display for Fault {

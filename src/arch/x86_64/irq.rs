@@ -32,23 +32,6 @@ impl<T> IrqLock<T> {
             were_enabled,
         }
     }
-
-    pub fn try_lock(&self) -> Option<IrqGuard<'_, T>> {
-        let were_enabled = interrupts::are_enabled();
-        interrupts::disable();
-        match self.inner.try_lock() {
-            Some(g) => Some(IrqGuard {
-                guard: Some(g),
-                were_enabled,
-            }),
-            None => {
-                if were_enabled {
-                    interrupts::enable();
-                }
-                None
-            }
-        }
-    }
 }
 
 pub struct IrqGuard<'a, T> {

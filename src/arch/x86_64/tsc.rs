@@ -29,10 +29,6 @@ pub fn hz() -> u64 {
     }
 }
 
-pub fn cycles_to_ns(cycles: u64) -> u64 {
-    ((cycles as u128 * 1_000_000_000) / hz() as u128) as u64
-}
-
 /// Busy-waits for `us` microseconds.
 pub fn delay_us(us: u64) {
     let end = rdtsc() + hz() / 1_000_000 * us;
