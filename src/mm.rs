@@ -164,7 +164,7 @@ impl Mmu for KernelMmu<'_> {
             return 0;
         }
         match smp::call(
-            u64::MAX,
+            smp::tlb_targets(),
             shootdown_handler,
             inv as *const Invalidation as u64,
         ) {

@@ -182,6 +182,11 @@ fn on_cpu(cpu: usize, f: fn(u64), arg: u64) -> Result<(), Detail> {
     if !smp::post_work(cpu, f, arg) {
         return Err(detail(format_args!("cpu{cpu} is busy")));
     }
+    on_cpu_wait(cpu)
+}
+
+/// Waits for the work posted to `cpu`, serving IPIs meanwhile.
+fn on_cpu_wait(cpu: usize) -> Result<(), Detail> {
     let deadline = crate::arch::x86_64::tsc::rdtsc() + crate::arch::x86_64::tsc::hz() * 5;
     while !smp::work_done(cpu) {
         if crate::arch::x86_64::tsc::rdtsc() > deadline {
@@ -200,6 +205,21 @@ fn other_cpu() -> Option<usize> {
     (0..percpu::MAX_CPUS).find(|&c| c != me && smp::online_mask() & (1 << c) != 0)
 }
 
+static STEP: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU B's side of the stale-TLB test, run as work so B stays busy (not in
+/// lazy TLB mode) throughout: read the page, so B's TLB holds it; tell A;
+/// wait until A has unmapped and flushed; read again.
+fn remote_read_twice(addr: u64) {
+    remote_read(addr);
+    STEP.store(1, Ordering::Release);
+    let deadline = crate::arch::x86_64::tsc::rdtsc() + crate::arch::x86_64::tsc::hz() * 5;
+    while STEP.load(Ordering::Acquire) != 2 && crate::arch::x86_64::tsc::rdtsc() < deadline {
+        core::hint::spin_loop();
+    }
+    remote_read(addr);
+}
+
 pub fn stale_tlb_cross_cpu() -> Outcome {
     let Some(b) = other_cpu() else {
         return Ok(detail(format_args!("skipped: needs a second vCPU")));
@@ -208,18 +228,29 @@ pub fn stale_tlb_cross_cpu() -> Outcome {
     mm::map_anon(page, 1, Prot::READ_WRITE).map_err(fail)?;
     write(page, 0x5ca1ab1e);
     mm::flush();
-    // B reads the page, so its TLB now holds the translation.
-    on_cpu(b, remote_read, page.as_u64())?;
+    STEP.store(0, Ordering::Release);
+    REMOTE_RESULT.store(0, Ordering::Release);
+    if !smp::post_work(b, remote_read_twice, page.as_u64()) {
+        return Err(detail(format_args!("cpu{b} is busy")));
+    }
+    let deadline = crate::arch::x86_64::tsc::rdtsc() + crate::arch::x86_64::tsc::hz() * 5;
+    while STEP.load(Ordering::Acquire) != 1 {
+        if crate::arch::x86_64::tsc::rdtsc() > deadline {
+            return Err(detail(format_args!("cpu{b} never read the page")));
+        }
+        core::hint::spin_loop();
+    }
     let first = REMOTE_RESULT.load(Ordering::Acquire);
+    // A unmaps and flushes while B still runs: the shootdown must reach B.
+    mm::unmap(page, 1).map_err(fail)?;
+    mm::flush();
+    STEP.store(2, Ordering::Release);
+    on_cpu_wait(b)?;
     if first != 0x5ca1ab1e {
         return Err(detail(format_args!(
             "cpu{b} read {first:#x} before the unmap"
         )));
     }
-    // A unmaps and flushes: the shootdown must reach B.
-    mm::unmap(page, 1).map_err(fail)?;
-    mm::flush();
-    on_cpu(b, remote_read, page.as_u64())?;
     match REMOTE_RESULT.load(Ordering::Acquire) {
         REMOTE_FAULTED => Ok(detail(format_args!(
             "cpu{b} faulted on the unmapped page after the shootdown"

@@ -188,11 +188,50 @@ fn park() -> ! {
 
 /// What an application processor does when it has nothing to do: sleep until
 /// an IPI, serve it, and run any work the boot CPU handed it.
+///
+/// An idle CPU is in lazy TLB mode (Linux's term): it first drops every
+/// non-global translation (a CR3 reload), then marks itself lazy, and TLB
+/// shootdowns skip it, since it holds nothing to shoot down and touches no
+/// mm memory while idle. It clears the mark before running work.
 fn idle_loop() -> ! {
+    let me = percpu::cpu_index();
     loop {
+        enter_lazy_tlb(me);
         x86_64::instructions::interrupts::enable_and_hlt();
-        run_posted_work();
+        if WORK[me].func.load(Ordering::Acquire) != 0 {
+            leave_lazy_tlb(me);
+            run_posted_work();
+        }
     }
+}
+
+/// Bit n: CPU n is idle and holds no mm translations.
+static LAZY_TLB: AtomicU64 = AtomicU64::new(0);
+
+fn enter_lazy_tlb(me: usize) {
+    if LAZY_TLB.load(Ordering::Relaxed) & (1 << me) != 0 {
+        return;
+    }
+    let (frame, flags) = x86_64::registers::control::Cr3::read();
+    // SAFETY: reloading the live root changes no mapping; it only drops
+    // non-global TLB entries.
+    unsafe { x86_64::registers::control::Cr3::write(frame, flags) };
+    LAZY_TLB.fetch_or(1 << me, Ordering::SeqCst);
+}
+
+fn leave_lazy_tlb(me: usize) {
+    // A locked RMW is a full fence: the clear is visible before this CPU's
+    // first access to mm memory, pairing with the fence in tlb_targets.
+    LAZY_TLB.fetch_and(!(1 << me), Ordering::SeqCst);
+}
+
+/// The CPUs a TLB shootdown must reach: online, not idle in lazy TLB mode,
+/// not this one. Called after the flush's PTE writes; the fence orders those
+/// writes before the read of the lazy mask (a CPU that left lazy mode after
+/// it either is in the mask or fills its TLB from the new entries).
+pub fn tlb_targets() -> u64 {
+    core::sync::atomic::fence(Ordering::SeqCst);
+    online_mask() & !LAZY_TLB.load(Ordering::SeqCst) & !(1 << percpu::cpu_index())
 }
 
 // --- Work for other CPUs (run in thread context, interrupts on) -----------
@@ -219,6 +258,8 @@ fn run_posted_work() {
         let f: fn(u64) = unsafe { core::mem::transmute(f as usize) };
         f(w.arg.load(Ordering::Acquire));
         w.done.store(true, Ordering::Release);
+        // The work may have touched mm memory: back to lazy TLB only through
+        // idle_loop's flush.
     }
 }
 
