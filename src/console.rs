@@ -59,3 +59,15 @@ pub fn record(
     let _line = LINE.lock();
     let _ = hb::emit(&mut serial::Raw, event, fill);
 }
+
+/// Prints preformatted text (tables, banners) as one unit.
+pub fn print(args: core::fmt::Arguments<'_>) {
+    let _line = LINE.lock();
+    let _ = serial::Raw.write_fmt(args);
+}
+
+#[macro_export]
+macro_rules! println {
+    () => { $crate::console::print(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::console::print(format_args!("{}\n", format_args!($($arg)*))) };
+}

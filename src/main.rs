@@ -13,11 +13,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arch;
+mod bench;
 mod console;
 mod memory;
 mod mm;
 mod platform;
 mod selftest;
+mod workload;
 
 use arch::x86_64::{self as x86, apic, gdt, interrupts, percpu, power, smp, stacks, tsc};
 use core::fmt::Write;
@@ -158,7 +160,8 @@ fn run(config: &Config<'_>, host: &platform::Host) -> u32 {
         Run::Boot => power::EXIT_SUCCESS,
         Run::Test => selftest::run(config),
         Run::Probe => probe(host),
-        Run::Bench | Run::Stress => {
+        Run::Bench => bench::run(config, host),
+        Run::Stress => {
             log::error!("run={} is not part of this build yet", config.run.as_str());
             power::EXIT_FAILURE
         }

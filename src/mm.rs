@@ -138,10 +138,9 @@ struct KernelMmu<'a> {
 
 impl Mmu for KernelMmu<'_> {
     fn apply_pte(&mut self, page: Page, entry: LeafEntry, value: Pte) -> Applied {
-        if !self.written.contains(&page) {
-            // Cannot overflow: one flush applies at most RING_CAPACITY entries.
-            let _ = self.written.push(page);
-        }
+        // Cannot overflow: one flush applies at most RING_CAPACITY entries.
+        // Duplicates are fine: clearing a mark twice is a no-op.
+        let _ = self.written.push(page);
         self.space.apply(entry, value)
     }
 
@@ -577,7 +576,74 @@ pub fn frame_allocated(frame: PhysFrame) -> bool {
         .is_some_and(|f| f.is_allocated(frame))
 }
 
+/// The hardware leaf entry of `va` (its tables must exist), for the
+/// benchmark that times a bare PTE store.
+pub fn hw_entry(va: VirtAddr) -> Option<PhysAddr> {
+    with_mm(|_, mmu| {
+        mmu.space
+            .slot(Page::containing_address(va), None)
+            .ok()
+            .flatten()
+            .map(|s| s.hw.phys())
+    })
+}
+
 /// Entries waiting in this vCPU's queue.
 pub fn pending() -> usize {
     with_mm(|q, _| q.len())
+}
+
+/// The `mm` benchmark's floor: what a batch costs with no queue at all. It
+/// finds each page's hardware entry (the walk any implementation pays),
+/// stores the value, and ends with one invalidation, coalesced as the queue
+/// does, and one shootdown round. No validation, no twin, no ring. The
+/// pages' tables must exist (the benchmark maps and unmaps them once through
+/// the API first), and the stores must leave them as the logical state says
+/// (the benchmark ends every floor batch with the pages unmapped).
+pub fn floor_write(n: usize, entry: impl Fn(usize) -> (Page, Pte)) -> Counters {
+    with_mm(|q, mmu| {
+        let mut c = ZERO;
+        let mut inv = Invalidation::Pages(heapless::Vec::new());
+        for i in 0..n {
+            let (page, value) = entry(i);
+            let Ok(Some(slot)) = mmu.space.slot(page, None) else {
+                continue; // no tables: nothing to store (the bench prepares them)
+            };
+            c.pte_writes += 1;
+            if mmu.space.apply(slot.hw, value) == Applied::Replaced {
+                inv = match inv {
+                    Invalidation::Pages(mut pages) => {
+                        if pages.last() == Some(&page) || pages.push(page).is_ok() {
+                            Invalidation::Pages(pages)
+                        } else {
+                            Invalidation::All
+                        }
+                    }
+                    Invalidation::All => Invalidation::All,
+                };
+            }
+        }
+        match &inv {
+            Invalidation::Pages(pages) => {
+                for p in pages {
+                    mmu.invlpg(*p);
+                }
+                c.invlpg += pages.len() as u64;
+            }
+            Invalidation::All => {
+                mmu.flush_all();
+                c.full_flushes += 1;
+            }
+        }
+        if !inv.is_empty() {
+            let ipis = mmu.shootdown(&inv);
+            if ipis > 0 {
+                c.ipis += ipis as u64;
+                c.shootdowns += 1;
+            }
+        }
+        c.flushes[Trigger::Explicit as usize] += 1;
+        let _ = q;
+        c
+    })
 }

@@ -161,6 +161,17 @@ impl LeafEntry {
     pub fn phys(self) -> PhysAddr {
         self.0
     }
+
+    /// Names the entry at `phys` without walking to it, for callers that
+    /// remember where a leaf table lives (the mm window's directory).
+    ///
+    /// # Safety
+    /// `phys` must be an 8-byte-aligned entry of a level-1 table that
+    /// `leaf_entry` returned an entry of, and that table must never be
+    /// freed: `write_entry` stores there without checking.
+    pub unsafe fn from_phys(phys: PhysAddr) -> LeafEntry {
+        LeafEntry(phys)
+    }
 }
 
 /// A page-table entry's value, `Copy` so that queue records can hold it

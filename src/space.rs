@@ -185,7 +185,10 @@ pub struct Slot {
 pub struct Space<'m, M: PhysMemory> {
     mem: &'m M,
     root: PhysFrame,
-    /// Twin frame address for each leaf table of the window; 0 = none yet.
+    /// The window directory, one word per 2 MiB: the frame numbers of the
+    /// leaf table (high half) and its twin (low half); 0 = none yet. Tables
+    /// are never freed, so a word never goes stale, and finding a page's
+    /// entries costs two loads instead of a four-level walk.
     twins: &'m [AtomicU64],
     table_pages: u64,
 }
@@ -229,43 +232,38 @@ impl<'m, M: PhysMemory> Space<'m, M> {
         alloc: Option<&mut dyn TableAlloc>,
     ) -> Result<Option<Slot>, Error> {
         let idx = Self::twin_index(page);
-        let mut counting;
-        let hw = match alloc {
-            None => match self.tables().leaf_entry(page, None) {
-                Ok(e) => e,
-                // No table on the way down: nothing was ever mapped here.
-                Err(paging::Error::OutOfTables(_) | paging::Error::NotMapped(_)) => {
-                    return Ok(None)
-                }
-                Err(e) => return Err(Error::Corrupt(e)),
-            },
-            Some(a) => {
-                counting = Counting { inner: a, made: 0 };
-                let r = self.tables().leaf_entry(page, Some(&mut counting));
-                self.table_pages += counting.made;
-                let hw = r.map_err(|e| match e {
-                    paging::Error::OutOfTables(_) => Error::OutOfTables,
-                    e => Error::Corrupt(e),
-                })?;
-                if self.twins[idx].load(Ordering::Relaxed) == 0 {
-                    let frame = counting.inner.alloc_table().ok_or(Error::OutOfTables)?;
-                    let p = self
-                        .mem
-                        .ptr(frame.start_address(), 4096)
-                        .ok_or(Error::OutOfTables)?;
-                    // SAFETY: a fresh table frame (TableAlloc's contract), reachable for 4 KiB.
-                    unsafe { core::ptr::write_bytes(p, 0, 4096) };
-                    self.twins[idx].store(frame.start_address().as_u64(), Ordering::Release);
-                    self.table_pages += 1;
-                }
-                hw
+        let mut word = self.twins[idx].load(Ordering::Acquire);
+        if word == 0 {
+            // Nothing was ever mapped in this 2 MiB: create its tables if asked.
+            let Some(a) = alloc else { return Ok(None) };
+            let mut counting = Counting { inner: a, made: 0 };
+            let r = self.tables().leaf_entry(page, Some(&mut counting));
+            self.table_pages += counting.made;
+            let hw = r.map_err(|e| match e {
+                paging::Error::OutOfTables(_) => Error::OutOfTables,
+                e => Error::Corrupt(e),
+            })?;
+            let leaf = hw.phys().as_u64() & !0xfff;
+            let frame = counting.inner.alloc_table().ok_or(Error::OutOfTables)?;
+            let p = self
+                .mem
+                .ptr(frame.start_address(), 4096)
+                .ok_or(Error::OutOfTables)?;
+            // SAFETY: a fresh table frame (TableAlloc's contract), reachable for 4 KiB.
+            unsafe { core::ptr::write_bytes(p, 0, 4096) };
+            self.table_pages += 1;
+            let (leaf_pfn, twin_pfn) = (leaf >> 12, frame.start_address().as_u64() >> 12);
+            if leaf_pfn > u32::MAX as u64 || twin_pfn > u32::MAX as u64 {
+                return Err(Error::OutOfTables); // beyond 16 TiB: cannot be recorded
             }
-        };
-        let twin_frame = self.twins[idx].load(Ordering::Acquire);
-        if twin_frame == 0 {
-            return Ok(None);
+            word = leaf_pfn << 32 | twin_pfn;
+            self.twins[idx].store(word, Ordering::Release);
         }
-        let twin = PhysAddr::new(twin_frame + u64::from(u16::from(page.p1_index())) * 8);
+        let i = u64::from(u16::from(page.p1_index())) * 8;
+        // SAFETY: the high half names a leaf table the walker created for
+        // this window, which is never freed.
+        let hw = unsafe { LeafEntry::from_phys(PhysAddr::new(((word >> 32) << 12) + i)) };
+        let twin = PhysAddr::new(((word & 0xffff_ffff) << 12) + i);
         Ok(Some(Slot { hw, twin }))
     }
 

@@ -26,6 +26,7 @@ const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const ICR_TRIGGER_LEVEL: u32 = 1 << 15;
 const ICR_DM_INIT: u32 = 5 << 8;
 const ICR_DM_STARTUP: u32 = 6 << 8;
+const ICR_DEST_SELF: u32 = 1 << 18;
 
 static X2APIC: AtomicBool = AtomicBool::new(false);
 static XAPIC_BASE: AtomicU64 = AtomicU64::new(0);
@@ -151,6 +152,16 @@ fn wait_icr_idle() {
 /// A fixed-delivery IPI with `vector` to the CPU with APIC ID `dest`.
 pub fn send_ipi(dest: u32, vector: u8) {
     send(dest, vector as u32);
+}
+
+/// A fixed IPI to this CPU itself (x2APIC: the SELF IPI register, MSR
+/// 0x83f; xAPIC: the ICR's self shorthand).
+pub fn send_self_ipi(vector: u8) {
+    match mode() {
+        // SAFETY: as in `send`.
+        Mode::X2Apic => unsafe { Msr::new(0x83f).write(vector as u64) },
+        Mode::XApic => send(0, ICR_DEST_SELF | vector as u32),
+    }
 }
 
 /// INIT to `dest` (assert, then de-assert as the MP spec asks for xAPIC).

@@ -342,6 +342,10 @@ fn recover_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
 static REPORTING: [AtomicBool; percpu::MAX_CPUS] =
     [const { AtomicBool::new(false) }; percpu::MAX_CPUS];
 
+/// IPIs each CPU has taken (the self-IPI benchmark waits on its own).
+pub static IPIS_TAKEN: [AtomicU64; percpu::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+
 /// The mm installs this to resolve #PFs on addresses with a mapping pending
 /// in this CPU's queue: it returns true when the access should be retried.
 pub type PageFaultHook = fn(addr: VirtAddr, error_code: u64) -> bool;
@@ -355,6 +359,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
         IPI_VECTOR => {
+            IPIS_TAKEN[percpu::cpu_index()].fetch_add(1, Ordering::Relaxed);
             super::smp::serve_mailbox();
             apic::eoi();
         }

@@ -1,0 +1,805 @@
+//! `run=bench`: the microbenchmarks, one boot for all suites (or `suite=NAME`
+//! for one; `quick` for a short run).
+//!
+//! - `exits`: what each privileged operation costs here, the way
+//!   kvm-unit-tests' x86/vmexit reports it;
+//! - `mm`: map+unmap, map+touch+unmap and protect over N pages, immediate
+//!   against batched at batch sizes 1..ring capacity, and the floor (raw PTE
+//!   stores and one flush per batch, no queue);
+//! - `cpu`: CR writes in CPU lazy mode against immediate writes;
+//! - `smp`: unmap with shootdown while 0..all other vCPUs hold the pages;
+//! - `workload` (workload.rs): whole tasks under both backends, with
+//!   checksums.
+//!
+//! Benchmarks are not tests: they print figures and ratios and assert
+//! nothing about time. Each figure times whole repetitions (the TSC on TCG
+//! ticks in 26-cycle steps, too coarse for one operation), after warm-up
+//! runs, and reports the median and p99 over repetitions. Counters are read
+//! outside the timed region. Every figure is one `HB result` line
+//! (tools/hbreport turns them into the report) and one row of a readable
+//! table.
+
+use crate::arch::x86_64::interrupts::{probe_read, IPIS_TAKEN, IPI_VECTOR};
+use crate::arch::x86_64::{apic, percpu, smp, tsc};
+use crate::memory::{Identity, FRAMES};
+use crate::mm::{self, Protection as Prot};
+use crate::platform::Host;
+use crate::{console, println};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use hyperbatch::cmdline::{Backend, Config};
+use hyperbatch::hb::{self, Object};
+use hyperbatch::paging::Pte;
+use hyperbatch::queue::{Counters, Cr, INVLPG_CEILING, RING_CAPACITY};
+use hyperbatch::space::{self, WINDOW_BASE};
+use x86_64::instructions::port::Port;
+use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::VirtAddr;
+
+/// Bumped when a field of `result` or `env` changes meaning.
+pub const SCHEMA: u64 = 1;
+const PAGE: u64 = 4096;
+const MAX_REPS: usize = 64;
+
+pub struct Params {
+    pub quick: bool,
+    /// Pages per `mm`/`smp` repetition.
+    pub pages: u64,
+    pub reps: usize,
+    pub warmup: usize,
+    /// Operations per `exits` repetition.
+    pub exit_ops: u64,
+}
+
+impl Params {
+    fn new(config: &Config<'_>) -> Self {
+        if config.quick {
+            Params {
+                quick: true,
+                pages: 256,
+                reps: 5,
+                warmup: 1,
+                exit_ops: 200,
+            }
+        } else {
+            Params {
+                quick: false,
+                pages: 2048,
+                reps: 15,
+                warmup: 2,
+                exit_ops: 2000,
+            }
+        }
+    }
+}
+
+/// Median and p99 of cycles per operation.
+#[derive(Clone, Copy)]
+pub struct Timing {
+    pub median: f64,
+    pub p99: f64,
+}
+
+/// Times `reps` runs of `f` (after `warmup` untimed ones); each run does
+/// `ops` operations.
+pub fn measure(p: &Params, ops: u64, f: impl FnMut()) -> Timing {
+    measure_counted(p, ops, Counters::default, f).0
+}
+
+/// As [`measure`], and also returns how `counters` moved over the timed
+/// runs only (read outside the timed region, after the warm-up).
+pub fn measure_counted(
+    p: &Params,
+    ops: u64,
+    counters: impl Fn() -> Counters,
+    mut f: impl FnMut(),
+) -> (Timing, Counters) {
+    for _ in 0..p.warmup {
+        f();
+    }
+    let before = counters();
+    let mut samples: heapless::Vec<u64, MAX_REPS> = heapless::Vec::new();
+    for _ in 0..p.reps.min(MAX_REPS) {
+        let t0 = tsc::rdtsc();
+        f();
+        let _ = samples.push(tsc::rdtsc() - t0);
+    }
+    let moved = counters().since(&before);
+    (timing(&mut samples, ops), moved)
+}
+
+pub fn timing(samples: &mut [u64], ops: u64) -> Timing {
+    samples.sort_unstable();
+    let n = samples.len();
+    let median = samples[n / 2];
+    let p99 = samples[(n * 99).div_ceil(100).saturating_sub(1)];
+    Timing {
+        median: median as f64 / ops as f64,
+        p99: p99 as f64 / ops as f64,
+    }
+}
+
+/// One figure.
+pub struct Figure<'a> {
+    pub suite: &'static str,
+    pub name: &'static str,
+    pub backend: &'static str,
+    pub batch: u64,
+    pub vcpus: u64,
+    pub ops: u64,
+    pub reps: u64,
+    pub timing: Timing,
+    pub counters: Option<&'a Counters>,
+    pub checksum: Option<u64>,
+}
+
+fn ns(cycles: f64) -> f64 {
+    cycles * 1e9 / tsc::hz() as f64
+}
+
+fn counters_obj(
+    o: &mut Object<'_, crate::arch::x86_64::serial::Raw>,
+    c: &Counters,
+) -> Result<(), hb::Error> {
+    o.u64("enqueued", c.enqueued)?
+        .u64("flushes", c.flushes_total())?
+        .u64("pte_writes", c.pte_writes)?
+        .u64("invlpg", c.invlpg)?
+        .u64("full_flushes", c.full_flushes)?
+        .u64("cr_writes", c.cr_writes)?
+        .u64("cr_coalesced", c.cr_coalesced)?
+        .u64("ipis", c.ipis)?
+        .u64("shootdowns", c.shootdowns)?
+        .u64("fault_flushes", c.fault_flushes())?
+        .u64("frames_released", c.frames_released)?;
+    Ok(())
+}
+
+/// Prints one figure: a readable row and an `HB result` line.
+pub fn emit(f: &Figure<'_>) {
+    let total = (f.ops * f.reps) as f64;
+    let per = |x: u64| x as f64 / total;
+    let (flushes, privileged) = f.counters.map_or((0.0, 0.0), |c| {
+        (per(c.flushes_total()), per(c.privileged()))
+    });
+    println!(
+        "  {:<9} {:<16} {:<9} b={:<4} v={:<2} {:>10.1} cyc/op (p99 {:>10.1}) {:>9.1} ns  flushes/op {:>7.4}  priv/op {:>7.3}",
+        f.suite,
+        f.name,
+        f.backend,
+        f.batch,
+        f.vcpus,
+        f.timing.median,
+        f.timing.p99,
+        ns(f.timing.median),
+        flushes,
+        privileged
+    );
+    console::record("result", |r| {
+        r.u64("schema", SCHEMA)?
+            .str("suite", f.suite)?
+            .str("name", f.name)?
+            .str("backend", f.backend)?
+            .u64("batch", f.batch)?
+            .u64("vcpus", f.vcpus)?
+            .u64("ops", f.ops)?
+            .u64("reps", f.reps)?
+            .object("cycles_per_op", |o| {
+                o.f64("median", f.timing.median)?.f64("p99", f.timing.p99)?;
+                Ok(())
+            })?
+            .object("ns_per_op", |o| {
+                o.f64("median", ns(f.timing.median))?
+                    .f64("p99", ns(f.timing.p99))?;
+                Ok(())
+            })?;
+        if let Some(c) = f.counters {
+            r.object("counters", |o| counters_obj(o, c))?
+                .object("per_op", |o| {
+                    o.f64_decimals("flushes", per(c.flushes_total()), 6)?
+                        .f64_decimals("privileged", per(c.privileged()), 6)?
+                        .f64_decimals("invalidations", per(c.invlpg + c.full_flushes), 6)?
+                        .f64_decimals("ipis", per(c.ipis), 6)?;
+                    Ok(())
+                })?;
+        }
+        if let Some(sum) = f.checksum {
+            r.hex("checksum", sum)?;
+        }
+        Ok(())
+    });
+}
+
+fn progress(suite: &str, state: &str, seconds: f64) {
+    console::record("progress", |r| {
+        r.str("suite", suite)?
+            .str("state", state)?
+            .f64("seconds", seconds)?;
+        Ok(())
+    });
+}
+
+/// The smallest step the TSC takes, in cycles (26 on QEMU TCG here).
+fn tsc_resolution() -> u64 {
+    let mut best = u64::MAX;
+    for _ in 0..1000 {
+        let a = tsc::rdtsc();
+        let mut b = tsc::rdtsc();
+        while b == a {
+            b = tsc::rdtsc();
+        }
+        best = best.min(b - a);
+    }
+    best
+}
+
+pub fn run(config: &Config<'_>, host: &Host) -> u32 {
+    let p = Params::new(config);
+    let resolution = tsc_resolution();
+    console::record("env", |r| {
+        r.u64("schema", SCHEMA)?
+            .str("hypervisor", host.info.hypervisor.name())?
+            .str(
+                "accel_hint",
+                if host.info.hypervisor.name() == "tcg" {
+                    "tcg"
+                } else {
+                    host.info.hypervisor.name()
+                },
+            )?
+            .str("cpu_model", host.info.cpu_model.as_str())?
+            .u64("vcpus", smp::online_count() as u64)?
+            .u64("tsc_hz", host.tsc_hz)?
+            .str("tsc_source", host.tsc_source.name())?
+            .u64("tsc_resolution_cycles", resolution)?
+            .strs(
+                "pv_features",
+                host.info.pv_features.iter().flat_map(|f| f.iter_names()),
+            )?
+            .str("git_rev", env!("HB_GIT_REV"))?
+            .u64("ring_capacity", RING_CAPACITY as u64)?
+            .u64("invlpg_ceiling", INVLPG_CEILING as u64)?
+            .str("default_backend", config.pv.as_str())?
+            .bool("quick", p.quick)?;
+        Ok(())
+    });
+    println!("TSC resolution: {resolution} cycles; every figure times whole repetitions, median and p99 of {} after {} warm-up", p.reps, p.warmup);
+    let suites: [(&str, fn(&Params, &Host) -> Result<(), &'static str>); 5] = [
+        ("exits", exits),
+        ("mm", mm_suite),
+        ("cpu", cpu_suite),
+        ("smp", smp_suite),
+        ("workload", crate::workload::suite),
+    ];
+    let mut ran = 0;
+    for (name, suite) in suites {
+        if config.suite.is_some_and(|s| s != name) {
+            continue;
+        }
+        ran += 1;
+        progress(name, "start", 0.0);
+        println!("\n== {name}");
+        let t0 = tsc::rdtsc();
+        let r = suite(&p, host);
+        let secs = (tsc::rdtsc() - t0) as f64 / tsc::hz() as f64;
+        progress(name, "end", secs);
+        if let Err(e) = r {
+            log::error!("benchmark suite {name} failed: {e}");
+            mm::set_backend(config.pv);
+            return crate::arch::x86_64::power::EXIT_FAILURE;
+        }
+    }
+    mm::set_backend(config.pv);
+    if ran == 0 {
+        log::error!(
+            "no benchmark suite is named {:?} (exits, mm, cpu, smp, workload)",
+            config.suite.unwrap_or("")
+        );
+        return crate::arch::x86_64::power::EXIT_FAILURE;
+    }
+    crate::arch::x86_64::power::EXIT_SUCCESS
+}
+
+// --- exits -------------------------------------------------------------------
+
+static EXIT_TARGET: AtomicU64 = AtomicU64::new(0);
+
+fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
+    let k = p.exit_ops;
+    let one = |name: &'static str, t: Timing| {
+        emit(&Figure {
+            suite: "exits",
+            name,
+            backend: "none",
+            batch: 1,
+            vcpus: 1,
+            ops: k,
+            reps: p.reps as u64,
+            timing: t,
+            counters: None,
+            checksum: None,
+        })
+    };
+    one(
+        "cpuid",
+        measure(p, k, || {
+            for _ in 0..k {
+                core::hint::black_box(crate::arch::x86_64::cpuid(0, 0));
+            }
+        }),
+    );
+    // COM1's scratch register: present wherever the console is, and inert.
+    let mut scratch = Port::<u8>::new(0x3ff);
+    one(
+        "pio_out",
+        measure(p, k, || {
+            for _ in 0..k {
+                // SAFETY: the UART scratch register holds nothing of ours.
+                unsafe { scratch.write(0x5a) };
+            }
+        }),
+    );
+    one(
+        "pio_in",
+        measure(p, k, || {
+            for _ in 0..k {
+                // SAFETY: as above; reading it has no side effect.
+                core::hint::black_box(unsafe { scratch.read() });
+            }
+        }),
+    );
+    let target = VirtAddr::from_ptr(&EXIT_TARGET);
+    one(
+        "invlpg",
+        measure(p, k, || {
+            for _ in 0..k {
+                x86_64::instructions::tlb::flush(target);
+            }
+        }),
+    );
+    one(
+        "cr3_reload",
+        measure(p, k, || {
+            for _ in 0..k {
+                let (f, fl) = Cr3::read();
+                // SAFETY: reloading the live root changes no mapping.
+                unsafe { Cr3::write(f, fl) };
+            }
+        }),
+    );
+    // A bare store to a leaf page-table entry of the window (the same value
+    // again): what a trapping host charges per PTE write.
+    let va = VirtAddr::new(WINDOW_BASE + (40 << 30));
+    mm::map_anon(va, 1, Prot::READ_WRITE).map_err(|_| "map for pte_write")?;
+    mm::flush();
+    let entry = mm::hw_entry(va).ok_or("no leaf entry")?;
+    let ptr = entry.as_u64() as *mut u64;
+    one(
+        "pte_write",
+        measure(p, k, || {
+            for _ in 0..k {
+                // SAFETY: the entry belongs to our own mapping; storing its
+                // current value back changes nothing.
+                unsafe { ptr.write_volatile(ptr.read_volatile()) };
+            }
+        }),
+    );
+    mm::unmap(va, 1).map_err(|_| "unmap after pte_write")?;
+    mm::flush();
+    let me = percpu::cpu_index();
+    one(
+        "self_ipi",
+        measure(p, k, || {
+            for _ in 0..k {
+                let before = IPIS_TAKEN[me].load(Ordering::Relaxed);
+                apic::send_self_ipi(IPI_VECTOR);
+                while IPIS_TAKEN[me].load(Ordering::Relaxed) == before {
+                    core::hint::spin_loop();
+                }
+            }
+        }),
+    );
+    match (0..percpu::MAX_CPUS).find(|&c| c != me && smp::online_mask() & (1 << c) != 0) {
+        Some(other) => one(
+            "ipi_roundtrip",
+            measure(p, k, || {
+                for _ in 0..k {
+                    if let Err(e) = smp::call(1 << other, |_| {}, 0) {
+                        smp::watchdog_fail("IPI round trip", e);
+                    }
+                }
+            }),
+        ),
+        None => println!("  ipi_roundtrip: not measured, one vCPU online"),
+    }
+    println!("  vmcall: not measured: nothing here says it returns (TCG raises #UD; nested KVM without hardware virtualization hangs the vCPU)");
+    Ok(())
+}
+
+// --- mm ------------------------------------------------------------------------
+
+/// Batch sizes: powers of two up to the ring capacity.
+pub fn batch_sizes() -> impl Iterator<Item = u64> {
+    (0..)
+        .map(|i| 1u64 << i)
+        .take_while(|&b| b <= RING_CAPACITY as u64)
+}
+
+/// A pool of frames the benchmarks map with `mm::map` (so no zeroing is timed).
+struct Pool {
+    frames: heapless::Vec<PhysFrame, 4096>,
+}
+
+impl Pool {
+    fn new(n: u64) -> Result<Pool, &'static str> {
+        let mut frames = heapless::Vec::new();
+        let mut g = FRAMES.lock();
+        let a = g.as_mut().ok_or("no frame allocator")?;
+        for _ in 0..n {
+            let f = a
+                .alloc()
+                .map_err(|_| "out of frames for the benchmark pool")?;
+            frames.push(f).map_err(|_| "pool too large")?;
+        }
+        Ok(Pool { frames })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(a) = FRAMES.lock().as_mut() {
+            for f in self.frames.drain(..) {
+                let _ = a.free(f);
+            }
+        }
+    }
+}
+
+fn va(base: VirtAddr, i: u64) -> VirtAddr {
+    base + i * PAGE
+}
+
+fn page(base: VirtAddr, i: u64) -> Page {
+    Page::containing_address(va(base, i))
+}
+
+fn pte(f: PhysFrame, prot: Prot) -> Pte {
+    space::pte(f, prot, false).expect("benchmark protections are valid")
+}
+
+fn must(r: Result<(), space::Error>) {
+    if let Err(e) = r {
+        // A benchmark that cannot do its operations has no figure to give.
+        panic!("benchmark mm operation failed: {e}");
+    }
+}
+
+fn touch(v: VirtAddr) {
+    // SAFETY: the benchmark touches only pages it just mapped readable.
+    core::hint::black_box(unsafe { (v.as_u64() as *const u64).read_volatile() });
+}
+
+fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
+    let n = p.pages;
+    let base = VirtAddr::new(WINDOW_BASE + (32 << 30));
+    let pool = Pool::new(n)?;
+    let fr = &pool.frames;
+    // Create the tables once, so no figure pays for them.
+    mm::set_backend(Backend::Batched);
+    must(mm::map(base, fr, Prot::READ_WRITE));
+    must(mm::unmap(base, n));
+    mm::flush();
+
+    // `map_unmap` makes one API call per page, as code that maps page by
+    // page does; `map_unmap_range` one call per batch, which leaves the
+    // queue's own cost with little API overhead around it.
+    for name in ["map_unmap", "map_unmap_range", "map_touch_unmap", "protect"] {
+        for b in batch_sizes() {
+            for backend in ["immediate", "batched", "floor"] {
+                mm::set_backend(if backend == "immediate" {
+                    Backend::Immediate
+                } else {
+                    Backend::Batched
+                });
+                if name == "protect" {
+                    must(mm::map(base, fr, Prot::READ_WRITE));
+                    mm::flush();
+                }
+                let mut flip = false;
+                let mut run_once = || match (name, backend) {
+                    ("map_unmap" | "map_unmap_range", "floor") => {
+                        for c in (0..n).step_by(b as usize) {
+                            let _ = mm::floor_write(2 * b as usize, |j| {
+                                let i = c + (j as u64 % b);
+                                (
+                                    page(base, i),
+                                    if (j as u64) < b {
+                                        pte(fr[i as usize], Prot::READ_WRITE)
+                                    } else {
+                                        Pte::EMPTY
+                                    },
+                                )
+                            });
+                        }
+                    }
+                    ("map_unmap", _) => {
+                        for c in (0..n).step_by(b as usize) {
+                            let _g = mm::batch();
+                            for i in c..c + b {
+                                must(mm::map(
+                                    va(base, i),
+                                    &fr[i as usize..=i as usize],
+                                    Prot::READ_WRITE,
+                                ));
+                            }
+                            for i in c..c + b {
+                                must(mm::unmap(va(base, i), 1));
+                            }
+                        }
+                    }
+                    ("map_unmap_range", _) => {
+                        for c in (0..n).step_by(b as usize) {
+                            let _g = mm::batch();
+                            must(mm::map(
+                                va(base, c),
+                                &fr[c as usize..(c + b) as usize],
+                                Prot::READ_WRITE,
+                            ));
+                            must(mm::unmap(va(base, c), b));
+                        }
+                    }
+                    ("map_touch_unmap", "floor") => {
+                        for c in (0..n).step_by(b as usize) {
+                            let _ = mm::floor_write(b as usize, |j| {
+                                (
+                                    page(base, c + j as u64),
+                                    pte(fr[(c + j as u64) as usize], Prot::READ_WRITE),
+                                )
+                            });
+                            for i in c..c + b {
+                                touch(va(base, i));
+                            }
+                            let _ = mm::floor_write(b as usize, |j| {
+                                (page(base, c + j as u64), Pte::EMPTY)
+                            });
+                        }
+                    }
+                    ("map_touch_unmap", _) => {
+                        for c in (0..n).step_by(b as usize) {
+                            let _g = mm::batch();
+                            for i in c..c + b {
+                                must(mm::map(
+                                    va(base, i),
+                                    &fr[i as usize..=i as usize],
+                                    Prot::READ_WRITE,
+                                ));
+                            }
+                            for i in c..c + b {
+                                touch(va(base, i));
+                            }
+                            for i in c..c + b {
+                                must(mm::unmap(va(base, i), 1));
+                            }
+                        }
+                    }
+                    (_, "floor") => {
+                        flip = !flip;
+                        let prot = if flip { Prot::READ } else { Prot::READ_WRITE };
+                        for c in (0..n).step_by(b as usize) {
+                            let _ = mm::floor_write(b as usize, |j| {
+                                (
+                                    page(base, c + j as u64),
+                                    pte(fr[(c + j as u64) as usize], prot),
+                                )
+                            });
+                        }
+                    }
+                    _ => {
+                        flip = !flip;
+                        let prot = if flip { Prot::READ } else { Prot::READ_WRITE };
+                        for c in (0..n).step_by(b as usize) {
+                            let _g = mm::batch();
+                            for i in c..c + b {
+                                must(mm::protect(va(base, i), 1, prot));
+                            }
+                        }
+                    }
+                };
+                let (t, mut c) = measure_counted(p, n, mm::counters_all, &mut run_once);
+                if backend == "floor" {
+                    c = floor_counters(name, n, b, p);
+                }
+                mm::flush();
+                if name == "protect" {
+                    // The floor bypasses the logical tables: put the hardware
+                    // back to what they say (mapped read+write), then unmap.
+                    let _ = mm::floor_write(n as usize, |j| {
+                        (page(base, j as u64), pte(fr[j], Prot::READ_WRITE))
+                    });
+                    must(mm::unmap(base, n));
+                    mm::flush();
+                }
+                emit(&Figure {
+                    suite: "mm",
+                    name,
+                    backend,
+                    batch: b,
+                    vcpus: 1,
+                    ops: n,
+                    reps: p.reps as u64,
+                    timing: t,
+                    counters: Some(&c),
+                    checksum: None,
+                });
+            }
+        }
+    }
+    drop(pool);
+    Ok(())
+}
+
+/// What the floor issues, counted the way the queue counts (floor_write
+/// returns it per call; the figure wants the total over the measured reps).
+fn floor_counters(name: &str, n: u64, b: u64, p: &Params) -> Counters {
+    let batches = n / b;
+    let mut c = Counters::default();
+    let invs = |pages: u64| {
+        if pages as usize > INVLPG_CEILING {
+            (0, 1)
+        } else {
+            (pages, 0)
+        }
+    };
+    let (writes, (inv, full), flushes) = match name {
+        "map_unmap" | "map_unmap_range" => (2 * b, invs(b), 1),
+        "map_touch_unmap" => (2 * b, invs(b), 2),
+        _ => (b, invs(b), 1),
+    };
+    c.pte_writes = writes * batches;
+    c.invlpg = inv * batches;
+    c.full_flushes = full * batches;
+    c.flushes[hyperbatch::queue::Trigger::Explicit as usize] = flushes * batches;
+    let reps = p.reps as u64;
+    c.pte_writes *= reps;
+    c.invlpg *= reps;
+    c.full_flushes *= reps;
+    c.flushes[hyperbatch::queue::Trigger::Explicit as usize] *= reps;
+    c
+}
+
+// --- cpu -----------------------------------------------------------------------
+
+fn cpu_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
+    let n = p.pages;
+    let cr4 = mm::read_cr(Cr::Cr4);
+    for b in batch_sizes() {
+        for backend in ["immediate", "batched"] {
+            let (t, c) = measure_counted(p, n, mm::counters, || {
+                for c in (0..n).step_by(b as usize) {
+                    let _g = (backend == "batched").then(mm::cpu_batch);
+                    for _ in c..c + b {
+                        mm::write_cr(Cr::Cr4, cr4);
+                    }
+                }
+            });
+            emit(&Figure {
+                suite: "cpu",
+                name: "cr_write",
+                backend,
+                batch: b,
+                vcpus: 1,
+                ops: n,
+                reps: p.reps as u64,
+                timing: t,
+                counters: Some(&c),
+                checksum: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+// --- smp -----------------------------------------------------------------------
+
+static READERS_STOP: AtomicBool = AtomicBool::new(false);
+static READ_PASSES: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+static SMP_BASE: AtomicU64 = AtomicU64::new(0);
+static SMP_PAGES: AtomicU64 = AtomicU64::new(0);
+
+/// A vCPU that keeps reading the pages (faults are expected once they are
+/// unmapped), so its TLB holds them and shootdowns must reach it.
+fn reader(_: u64) {
+    let me = percpu::cpu_index();
+    let base = SMP_BASE.load(Ordering::Acquire);
+    let n = SMP_PAGES.load(Ordering::Acquire);
+    while !READERS_STOP.load(Ordering::Acquire) {
+        for i in 0..n {
+            let _ = probe_read(VirtAddr::new(base + i * PAGE));
+        }
+        READ_PASSES[me].fetch_add(1, Ordering::Release);
+    }
+}
+
+fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
+    let n = p.pages.min(1024);
+    let base = VirtAddr::new(WINDOW_BASE + (36 << 30));
+    let pool = Pool::new(n)?;
+    let fr = &pool.frames;
+    SMP_BASE.store(base.as_u64(), Ordering::Release);
+    SMP_PAGES.store(n, Ordering::Release);
+    let me = percpu::cpu_index();
+    let others: heapless::Vec<usize, { percpu::MAX_CPUS }> = (0..percpu::MAX_CPUS)
+        .filter(|&c| c != me && smp::online_mask() & (1 << c) != 0)
+        .collect();
+    let b = RING_CAPACITY as u64;
+    for v in 1..=others.len() + 1 {
+        for backend in ["immediate", "batched"] {
+            mm::set_backend(if backend == "immediate" {
+                Backend::Immediate
+            } else {
+                Backend::Batched
+            });
+            READERS_STOP.store(false, Ordering::Release);
+            let readers = &others[..v - 1];
+            for &c in readers {
+                if !smp::post_work(c, reader, 0) {
+                    return Err("a reader vCPU is still busy");
+                }
+            }
+            let mut samples: heapless::Vec<u64, MAX_REPS> = heapless::Vec::new();
+            let mut counters = Counters::default();
+            for rep in 0..p.warmup + p.reps {
+                must(mm::map(base, fr, Prot::READ));
+                mm::flush();
+                // Wait until every reader has been over the mapped pages.
+                let seen: heapless::Vec<u64, { percpu::MAX_CPUS }> = readers
+                    .iter()
+                    .map(|&c| READ_PASSES[c].load(Ordering::Acquire))
+                    .collect();
+                for (i, &c) in readers.iter().enumerate() {
+                    while READ_PASSES[c].load(Ordering::Acquire) < seen[i] + 2 {
+                        smp::serve_mailbox();
+                        core::hint::spin_loop();
+                    }
+                }
+                let before = mm::counters();
+                let t0 = tsc::rdtsc();
+                for c in (0..n).step_by(b as usize) {
+                    let _g = mm::batch();
+                    for i in c..(c + b).min(n) {
+                        must(mm::unmap(va(base, i), 1));
+                    }
+                }
+                mm::flush();
+                let dt = tsc::rdtsc() - t0;
+                if rep >= p.warmup {
+                    let _ = samples.push(dt);
+                    counters.add(&mm::counters().since(&before));
+                }
+            }
+            READERS_STOP.store(true, Ordering::Release);
+            for &c in readers {
+                while !smp::work_done(c) {
+                    smp::serve_mailbox();
+                    core::hint::spin_loop();
+                }
+            }
+            let t = timing(&mut samples, n);
+            emit(&Figure {
+                suite: "smp",
+                name: "unmap_shootdown",
+                backend,
+                batch: b,
+                vcpus: v as u64,
+                ops: n,
+                reps: p.reps as u64,
+                timing: t,
+                counters: Some(&counters),
+                checksum: None,
+            });
+        }
+    }
+    drop(pool);
+    let _ = Identity;
+    Ok(())
+}
