@@ -28,7 +28,7 @@
 
 use crate::arch::x86_64::{irq, percpu, smp};
 use crate::memory::{Identity, TableFrames, FRAMES};
-use core::cell::UnsafeCell;
+use atomic_refcell::AtomicRefCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use hyperbatch::cmdline::Backend;
 use hyperbatch::frames::FrameAllocator;
@@ -50,22 +50,12 @@ static BACKEND: AtomicU8 = AtomicU8::new(Backend::Batched as u8);
 /// Fault injection for the stale-TLB test: flushes skip the shootdown.
 static NO_SHOOTDOWN: AtomicBool = AtomicBool::new(false);
 
-struct PerCpuQueue {
-    queue: UnsafeCell<Queue>,
-    /// Set while this CPU is inside the mm, so a fault there is not taken
-    /// for a fault-driven flush.
-    busy: AtomicBool,
-}
-// SAFETY: each CPU touches only its own slot, with interrupts masked
-// (`with_mm`); other CPUs read nothing but `busy`-free snapshots taken by the
-// owner itself (`publish_counters`).
-unsafe impl Sync for PerCpuQueue {}
-static QUEUES: [PerCpuQueue; percpu::MAX_CPUS] = [const {
-    PerCpuQueue {
-        queue: UnsafeCell::new(Queue::new()),
-        busy: AtomicBool::new(false),
-    }
-}; percpu::MAX_CPUS];
+/// Each vCPU's queue. Only its own vCPU borrows it, with interrupts masked
+/// (`with_mm`), so a borrow never waits; a second borrow on the same vCPU
+/// (a fault inside the mm, an IPI handler during a flush) fails instead of
+/// aliasing, and the callers treat that as "not now".
+static QUEUES: [AtomicRefCell<Queue>; percpu::MAX_CPUS] =
+    [const { AtomicRefCell::new(Queue::new()) }; percpu::MAX_CPUS];
 static PUBLISHED: [SpinLock<Counters>; percpu::MAX_CPUS] =
     [const { SpinLock::new(ZERO) }; percpu::MAX_CPUS];
 const ZERO: Counters = Counters {
@@ -104,9 +94,9 @@ pub fn set_backend(backend: Backend) {
 fn set_backend_all(backend: Backend) {
     BACKEND.store(backend as u8, Ordering::Release);
     for q in &QUEUES {
-        // SAFETY: called on the boot CPU while no other CPU is inside the mm
-        // (boot, or between benchmark runs with the others idle).
-        let q = unsafe { &mut *q.queue.get() };
+        // Boot, or between benchmark runs with the other vCPUs idle: a queue
+        // borrowed now would be a vCPU inside the mm, a bug worth a panic.
+        let mut q = q.borrow_mut();
         let lazy = backend == Backend::Batched;
         while q.in_lazy_mmu() != lazy {
             if lazy {
@@ -254,22 +244,15 @@ fn lock_space() -> hyperbatch::sync::SpinGuard<'static, Option<Space<'static, Id
 fn with_mm<R>(f: impl FnOnce(&mut Queue, &mut KernelMmu<'_>) -> R) -> R {
     irq::without(|| {
         let me = percpu::cpu_index();
-        let slot = &QUEUES[me];
-        slot.busy.store(true, Ordering::Relaxed);
         let mut guard = lock_space();
         let space = guard.as_mut().expect("mm::init ran at boot");
-        // SAFETY: our own queue, interrupts masked, and `busy` keeps the
-        // fault hook from re-entering it.
-        let queue = unsafe { &mut *slot.queue.get() };
+        let mut queue = QUEUES[me].borrow_mut();
         let mut mmu = KernelMmu {
             space,
             me,
             written: heapless::Vec::new(),
         };
-        let r = f(queue, &mut mmu);
-        drop(guard);
-        slot.busy.store(false, Ordering::Relaxed);
-        r
+        f(&mut queue, &mut mmu)
     })
 }
 
@@ -516,15 +499,15 @@ fn on_page_fault(addr: VirtAddr, _error_code: u64) -> bool {
         return false;
     }
     let me = percpu::cpu_index();
-    if QUEUES[me].busy.load(Ordering::Relaxed) {
-        return false; // a fault inside the mm itself: a bug, report it
-    }
     let page = Page::containing_address(addr);
-    // SAFETY: our own queue; the fault handler runs with interrupts masked
-    // and `busy` is clear, so no other code of this CPU holds it.
-    if !unsafe { &*QUEUES[me].queue.get() }.has_pending_map(page) {
+    // Borrowed already: the fault is inside the mm itself, a bug to report.
+    let Ok(q) = QUEUES[me].try_borrow() else {
+        return false;
+    };
+    if !q.has_pending_map(page) {
         return false;
     }
+    drop(q);
     with_mm(|q, mmu| {
         q.flush(Trigger::Fault, mmu);
     });
@@ -538,10 +521,11 @@ pub fn counters() -> Counters {
 
 fn publish_counters(_: u64) {
     let me = percpu::cpu_index();
-    // SAFETY: our own queue, in the IPI handler with interrupts masked; the
-    // IPI cannot arrive while this CPU is inside `with_mm`.
-    let c = *unsafe { &*QUEUES[me].queue.get() }.counters();
-    *PUBLISHED[me].lock() = c;
+    // Borrowed only if this vCPU is mid-flush, serving IPIs while it waits
+    // for a shootdown: keep the last published figures then.
+    if let Ok(q) = QUEUES[me].try_borrow() {
+        *PUBLISHED[me].lock() = *q.counters();
+    }
 }
 
 /// Every online vCPU's counters, summed; each vCPU reports its own.
