@@ -264,7 +264,8 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
         Ok(())
     });
     println!("TSC resolution: {resolution} cycles; every figure times whole repetitions, median and p99 of {} after {} warm-up", p.reps, p.warmup);
-    let suites: [(&str, fn(&Params, &Host) -> Result<(), &'static str>); 5] = [
+    type Suite = fn(&Params, &Host) -> Result<(), &'static str>;
+    let suites: [(&str, Suite); 5] = [
         ("exits", exits),
         ("mm", mm_suite),
         ("cpu", cpu_suite),
