@@ -7,8 +7,14 @@
 #   3. clippy -D warnings    on the host library and its tests, then on the
 #                            kernel binary for target.json
 #   4. cargo test            the library's unit tests, on the host
-#   5. scripts/build.sh      the kernel ELF
-#   6. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
+#   5. tools/hbreport        the benchmark report tool: fmt, clippy, its tests
+#                            on a recorded log
+#   6. scripts/build.sh      the kernel ELF
+#   7. scripts/bench.sh      a quick benchmark boot (run=bench quick, 2 vCPUs):
+#                            every suite must print parseable results, the
+#                            workload checksums must match across backends,
+#                            and the report and plots must be written
+#   8. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
 #                            machines and CPU counts
 #
 #   scripts/test.sh [--quick]     --quick: only the guest rows marked quick
@@ -69,8 +75,37 @@ scripts/build.sh --clippy --no-setup
 step "unit tests: cargo +nightly test (host)"
 cargo +nightly test
 
+step "report tool: fmt, clippy and tests of tools/hbreport"
+if ! cargo +nightly fmt -p hbreport --check; then
+    echo "test.sh: tools/hbreport formatting differs (above); run: cargo +nightly fmt -p hbreport" >&2
+    exit 1
+fi
+cargo +nightly clippy -p hbreport --all-targets -- -D warnings
+cargo +nightly test -p hbreport
+
 step "build: the kernel"
 kernel="$(scripts/build.sh --no-setup)"
+
+step "bench: scripts/bench.sh --quick (report and plots)"
+# --quick makes hbreport strict and checks every suite and the workload
+# checksums; what is left to check here is that the files are there.
+bench_out="target/bench-quick"
+rm -rf "$bench_out"
+scripts/bench.sh --quick --accel tcg --smp 2 --kernel "$kernel" --out "$bench_out" >/dev/null
+for f in report.md results.json serial.log mm_map_unmap.svg smp_shootdown.svg workloads.svg; do
+    if [[ ! -s "$bench_out/$f" ]]; then
+        echo "test.sh: bench.sh wrote no $bench_out/$f" >&2
+        exit 1
+    fi
+done
+svgs=("$bench_out"/*.svg)
+for f in "${svgs[@]}"; do
+    if [[ "$(head -c 4 "$f")" != "<svg" ]]; then
+        echo "test.sh: $f is not an SVG document" >&2
+        exit 1
+    fi
+done
+echo "bench: report.md, results.json and ${#svgs[@]} plots in $bench_out"
 
 step "guest tests: tests/guest.py"
 # guest.py's closing `N passed, N failed` line is the last thing printed.

@@ -1,0 +1,417 @@
+//! The serial log: the first step. It finds the machine-readable lines
+//! (`HB ` and one JSON object, written by the kernel's `hb` module), keeps
+//! them in order, and gives the benchmark ones a type: `env`, `result`,
+//! `progress` and `exit`. Every other line is prose for people and is
+//! ignored.
+//!
+//! A malformed `HB` line (not JSON, no `"event"`, a `result` missing a field
+//! or with a schema this tool does not know) is skipped with a warning that
+//! names its line number, so one garbled line does not cost a whole run its
+//! report; the warning reaches report.md and results.json. With `strict`
+//! the same line is an error instead, which is what CI wants: the quick
+//! bench run checks that every line the guest prints parses.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// Marks a machine-readable line (the kernel's `hb::PREFIX`).
+pub const PREFIX: &str = "HB ";
+
+/// The `schema` of `result` and `env` records this tool understands (the
+/// kernel's `bench::SCHEMA`).
+pub const SCHEMA: u64 = 1;
+
+/// Why a log cannot be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// Strict mode: the `HB` line at `line` (1-based) is malformed.
+    Malformed { line: usize, reason: String },
+    /// The log holds no `result` record: there is nothing to report.
+    NoResults { hb_lines: usize },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Malformed { line, reason } => {
+                write!(f, "line {line}: malformed HB record: {reason}")
+            }
+            Error::NoResults { hb_lines } => write!(
+                f,
+                "the log holds no HB result record ({hb_lines} HB lines in all): \
+                 did the guest run with run=bench?"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A median and a 99th percentile.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    pub median: f64,
+    pub p99: f64,
+}
+
+/// The queue's counters, totals over all measured operations and reps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub enqueued: u64,
+    pub flushes: u64,
+    pub pte_writes: u64,
+    pub invlpg: u64,
+    pub full_flushes: u64,
+    pub cr_writes: u64,
+    pub cr_coalesced: u64,
+    pub ipis: u64,
+    pub shootdowns: u64,
+    pub fault_flushes: u64,
+    pub frames_released: u64,
+}
+
+/// Counters divided by `ops * reps`, as the guest computed them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PerOp {
+    pub flushes: f64,
+    pub privileged: f64,
+    pub invalidations: f64,
+    pub ipis: f64,
+}
+
+/// One `HB {"event":"result",...}` line: one benchmark figure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    pub schema: u64,
+    pub suite: String,
+    pub name: String,
+    pub backend: String,
+    pub batch: u64,
+    pub vcpus: u64,
+    pub ops: u64,
+    pub reps: u64,
+    pub cycles_per_op: Stat,
+    pub ns_per_op: Stat,
+    #[serde(default)]
+    pub counters: Option<Counters>,
+    #[serde(default)]
+    pub per_op: Option<PerOp>,
+    #[serde(default)]
+    pub checksum: Option<String>,
+}
+
+impl Figure {
+    /// `ops * reps`: what the counters are totals over.
+    pub fn measured_ops(&self) -> u64 {
+        self.ops * self.reps
+    }
+
+    /// A counter divided by the measured operations.
+    pub fn per(&self, pick: impl Fn(&Counters) -> u64) -> Option<f64> {
+        self.counters
+            .as_ref()
+            .map(|c| pick(c) as f64 / self.measured_ops() as f64)
+    }
+
+    /// Privileged operations per operation: the guest's figure when it sent
+    /// one, else the sum the kernel uses (`queue::Counters::privileged`).
+    pub fn privileged_per_op(&self) -> Option<f64> {
+        self.per_op.map(|p| p.privileged).or_else(|| {
+            self.per(|c| c.pte_writes + c.invlpg + c.full_flushes + c.cr_writes + c.ipis)
+        })
+    }
+
+    pub fn flushes_per_op(&self) -> Option<f64> {
+        self.per_op
+            .map(|p| p.flushes)
+            .or_else(|| self.per(|c| c.flushes))
+    }
+
+    pub fn invalidations_per_op(&self) -> Option<f64> {
+        self.per_op
+            .map(|p| p.invalidations)
+            .or_else(|| self.per(|c| c.invlpg + c.full_flushes))
+    }
+
+    pub fn ipis_per_op(&self) -> Option<f64> {
+        self.per_op.map(|p| p.ipis).or_else(|| self.per(|c| c.ipis))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.schema != SCHEMA {
+            return Err(format!(
+                "schema {} (this hbreport reads schema {SCHEMA})",
+                self.schema
+            ));
+        }
+        if self.ops == 0 || self.reps == 0 {
+            return Err(format!(
+                "ops={} reps={}: a figure needs at least one of each",
+                self.ops, self.reps
+            ));
+        }
+        if self.batch == 0 || self.vcpus == 0 {
+            return Err(format!(
+                "batch={} vcpus={}: both must be at least 1",
+                self.batch, self.vcpus
+            ));
+        }
+        for (field, v) in [
+            ("cycles_per_op.median", self.cycles_per_op.median),
+            ("cycles_per_op.p99", self.cycles_per_op.p99),
+            ("ns_per_op.median", self.ns_per_op.median),
+            ("ns_per_op.p99", self.ns_per_op.p99),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{field} is {v}, not a time"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `HB {"event":"env",...}`: where the figures were measured. Every field is
+/// optional so that an older or partial guest still gets a report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Env {
+    pub schema: Option<u64>,
+    pub hypervisor: Option<String>,
+    pub accel_hint: Option<String>,
+    pub cpu_model: Option<String>,
+    pub vcpus: Option<u64>,
+    pub tsc_hz: Option<u64>,
+    pub tsc_source: Option<String>,
+    pub tsc_resolution_cycles: Option<u64>,
+    pub pv_features: Vec<String>,
+    pub git_rev: Option<String>,
+    pub ring_capacity: Option<u64>,
+    pub invlpg_ceiling: Option<u64>,
+    pub quick: Option<bool>,
+}
+
+/// `HB {"event":"progress",...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub suite: String,
+    pub state: String,
+    #[serde(default)]
+    pub seconds: Option<f64>,
+}
+
+/// What a record is, for the events this tool uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Env(Env),
+    Result(Box<Figure>),
+    Progress(Progress),
+    Exit {
+        status: i64,
+    },
+    /// `boot`, `test` and any other event: kept, not interpreted.
+    Other,
+}
+
+/// One `HB` line that parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// 1-based line number in the log.
+    pub line: usize,
+    pub event: String,
+    /// The object exactly as the guest wrote it.
+    pub value: Value,
+    pub kind: Kind,
+}
+
+/// One `HB` line that did not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub line: usize,
+    pub reason: String,
+    /// The line as it was, cut to a readable length.
+    pub text: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {}: skipped malformed HB record: {}",
+            self.line, self.reason
+        )
+    }
+}
+
+/// A parsed log.
+#[derive(Debug, Clone, Default)]
+pub struct Log {
+    pub records: Vec<Record>,
+    pub skipped: Vec<Skipped>,
+    /// Lines in the log, `HB` or not.
+    pub lines: usize,
+}
+
+/// How many characters of a bad line a warning keeps.
+const SKIPPED_TEXT_MAX: usize = 160;
+
+/// Parses a whole serial log. See the module doc for what `strict` changes.
+pub fn parse(text: &str, strict: bool) -> Result<Log, Error> {
+    let mut log = Log::default();
+    for (i, raw) in text.lines().enumerate() {
+        log.lines += 1;
+        let line = i + 1;
+        // QEMU's file chardev keeps the guest's \r\n.
+        let raw = raw.trim_end_matches('\r');
+        let Some(json) = raw.strip_prefix(PREFIX) else {
+            continue;
+        };
+        match parse_record(line, json) {
+            Ok(rec) => log.records.push(rec),
+            Err(reason) if strict => return Err(Error::Malformed { line, reason }),
+            Err(reason) => {
+                let text: String = raw.chars().take(SKIPPED_TEXT_MAX).collect();
+                log.skipped.push(Skipped { line, reason, text });
+            }
+        }
+    }
+    if log.figures().next().is_none() {
+        return Err(Error::NoResults {
+            hb_lines: log.records.len() + log.skipped.len(),
+        });
+    }
+    Ok(log)
+}
+
+fn parse_record(line: usize, json: &str) -> Result<Record, String> {
+    let value: Value = serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
+    let event = match value.as_object().map(|o| o.get("event")) {
+        None => return Err("not a JSON object".into()),
+        Some(None) => return Err("no \"event\" field".into()),
+        Some(Some(Value::String(s))) => s.clone(),
+        Some(Some(other)) => return Err(format!("\"event\" is {other}, not a string")),
+    };
+    let typed = |what: &str| format!("{what} record: ");
+    let kind = match event.as_str() {
+        "result" => {
+            let fig: Figure = serde_json::from_value(value.clone())
+                .map_err(|e| typed("result") + &e.to_string())?;
+            fig.check().map_err(|e| typed("result") + &e)?;
+            Kind::Result(Box::new(fig))
+        }
+        "env" => {
+            let env: Env =
+                serde_json::from_value(value.clone()).map_err(|e| typed("env") + &e.to_string())?;
+            if let Some(s) = env.schema.filter(|s| *s != SCHEMA) {
+                return Err(format!(
+                    "env record: schema {s} (this hbreport reads schema {SCHEMA})"
+                ));
+            }
+            Kind::Env(env)
+        }
+        "progress" => Kind::Progress(
+            serde_json::from_value(value.clone())
+                .map_err(|e| typed("progress") + &e.to_string())?,
+        ),
+        "exit" => match value.get("status").and_then(Value::as_i64) {
+            Some(status) => Kind::Exit { status },
+            None => return Err("exit record: no integer \"status\"".into()),
+        },
+        _ => Kind::Other,
+    };
+    Ok(Record {
+        line,
+        event,
+        value,
+        kind,
+    })
+}
+
+impl Log {
+    /// Every `result` record, in log order.
+    pub fn figures(&self) -> impl Iterator<Item = &Figure> {
+        self.records.iter().filter_map(|r| match &r.kind {
+            Kind::Result(f) => Some(f.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The last `env` record.
+    pub fn env(&self) -> Option<&Env> {
+        self.records.iter().rev().find_map(|r| match &r.kind {
+            Kind::Env(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The status of the last `exit` record.
+    pub fn exit_status(&self) -> Option<i64> {
+        self.records.iter().rev().find_map(|r| match r.kind {
+            Kind::Exit { status } => Some(status),
+            _ => None,
+        })
+    }
+
+    /// The figures of one suite, in log order.
+    pub fn suite<'a>(&'a self, suite: &'a str) -> impl Iterator<Item = &'a Figure> + 'a {
+        self.figures().filter(move |f| f.suite == suite)
+    }
+
+    /// The figure matching every given field; a later line wins over an
+    /// earlier one (a rerun of the same figure).
+    pub fn find(&self, q: &Query<'_>) -> Option<&Figure> {
+        self.figures().filter(|f| q.matches(f)).last()
+    }
+
+    /// The ring's capacity: from `env`, else the largest `mm` batch.
+    pub fn ring_capacity(&self) -> Option<u64> {
+        self.env()
+            .and_then(|e| e.ring_capacity)
+            .or_else(|| self.suite("mm").map(|f| f.batch).max())
+    }
+
+    /// The most vCPUs any figure ran on.
+    pub fn max_vcpus(&self) -> Option<u64> {
+        self.figures().map(|f| f.vcpus).max()
+    }
+}
+
+/// Selects figures: `None` fields match anything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<'a> {
+    pub suite: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub backend: Option<&'a str>,
+    pub batch: Option<u64>,
+    pub vcpus: Option<u64>,
+}
+
+impl Query<'_> {
+    fn matches(&self, f: &Figure) -> bool {
+        self.suite.is_none_or(|s| s == f.suite)
+            && self.name.is_none_or(|n| n == f.name)
+            && self.backend.is_none_or(|b| b == f.backend)
+            && self.batch.is_none_or(|b| b == f.batch)
+            && self.vcpus.is_none_or(|v| v == f.vcpus)
+    }
+}
+
+/// Orders names the way the report lists them: known names first, in the
+/// given order, then the rest alphabetically.
+pub fn ordered<'a>(names: impl Iterator<Item = &'a str>, known: &[&str]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = Vec::new();
+    for n in names {
+        if !v.contains(&n) {
+            v.push(n);
+        }
+    }
+    v.sort_by_key(|n| {
+        (
+            known.iter().position(|k| k == n).unwrap_or(known.len()),
+            n.to_string(),
+        )
+    });
+    v
+}
