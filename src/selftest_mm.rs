@@ -540,11 +540,15 @@ pub fn cr_lazy_mode() -> Outcome {
 }
 
 static READER_STOP: AtomicU64 = AtomicU64::new(0);
+static READER_RUNNING: AtomicU64 = AtomicU64::new(0);
 static READER_BASE: AtomicU64 = AtomicU64::new(0);
 
 /// Keeps reading `pages` pages from READER_BASE until told to stop, so this
 /// vCPU's TLB holds them and every unmap must shoot it down.
 fn busy_reader(pages: u64) {
+    // Running work means this vCPU has left lazy TLB mode: from here on it
+    // is a shootdown target.
+    READER_RUNNING.store(1, Ordering::Release);
     while READER_STOP.load(Ordering::Acquire) == 0 {
         for i in 0..pages {
             let _ = probe_read(VirtAddr::new(
@@ -567,9 +571,17 @@ pub fn batched_vs_immediate_counts() -> Outcome {
         mm::set_backend(backend);
         READER_BASE.store(base.as_u64(), Ordering::Release);
         READER_STOP.store(0, Ordering::Release);
+        READER_RUNNING.store(0, Ordering::Release);
         if let Some(b) = reader {
             if !smp::post_work(b, busy_reader, N) {
                 return Err(detail(format_args!("cpu{b} is busy")));
+            }
+            let deadline = crate::arch::x86_64::tsc::rdtsc() + crate::arch::x86_64::tsc::hz() * 5;
+            while READER_RUNNING.load(Ordering::Acquire) == 0 {
+                if crate::arch::x86_64::tsc::rdtsc() > deadline {
+                    return Err(detail(format_args!("cpu{b} did not start reading")));
+                }
+                core::hint::spin_loop();
             }
         }
         let before = mm::counters();
