@@ -49,6 +49,10 @@ pub const RING_CAPACITY: usize = 256;
 /// benchmark reports both sides.
 pub const INVLPG_CEILING: usize = 33;
 
+/// CR4 bits whose change flushes the TLB (Intel SDM vol. 3, 4.10.4.1): PSE,
+/// PAE, PGE, PCIDE, SMEP.
+const CR4_TLB_BITS: u64 = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 17) | (1 << 20);
+
 /// A control register the queue can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cr {
@@ -106,7 +110,7 @@ pub enum Entry {
 /// What made a flush happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// The ring was full before a new entry.
+    /// The ring filled up (flushed right after the entry that filled it).
     Full,
     /// A lazy mode was left (any nesting level).
     Leave,
@@ -229,9 +233,12 @@ pub enum Invalidation {
 impl Invalidation {
     fn add(&mut self, page: Page) {
         if let Invalidation::Pages(pages) = self {
-            // Consecutive duplicates are common (protect after map); a full
-            // dedup is not worth a scan.
-            if pages.last() == Some(&page) {
+            // Fix (mm_tests): dedup over the whole list, not only the last
+            // page. The list holds at most INVLPG_CEILING pages, so the scan
+            // costs less than one invlpg, and without it a page replaced
+            // twice with others in between (protect a range, then protect
+            // it again) counted twice and turned 17 pages into a full flush.
+            if pages.contains(&page) {
                 return;
             }
             if pages.push(page).is_err() {
@@ -398,15 +405,21 @@ impl Queue {
     }
 
     fn push_raw(&mut self, e: Entry, mmu: &mut impl Mmu) {
-        if self.ring.is_full() {
-            self.flush(Trigger::Full, mmu);
-        }
         if let Entry::ReleaseFrame(_) = e {
             self.releases_pending += 1;
         }
         self.counters.enqueued += 1;
-        // Cannot fail: the ring was flushed empty if it was full.
+        // Cannot fail: the ring is flushed as soon as it fills, below.
         let _ = self.ring.push_back(e);
+        // Fix (mm_tests): flush once the entry is in, not before the next
+        // one. The mm records a page's new logical value (`Space::set`)
+        // and then pushes its entry; a flush between the two applied the
+        // page's older entry and cleared its pending mark while the new
+        // entry was not queued yet, so another vCPU could take the page
+        // over and this vCPU's entry would later overwrite its mapping.
+        if self.ring.is_full() {
+            self.flush(Trigger::Full, mmu);
+        }
     }
 
     /// Writes a control register: deferred in CPU lazy mode, where a later
@@ -415,13 +428,17 @@ impl Queue {
     pub fn write_cr(&mut self, reg: Cr, value: u64, mmu: &mut impl Mmu) {
         self.cr_cache[reg.index()] = Some(value);
         if self.in_lazy_cpu() {
-            for e in self.ring.iter_mut() {
-                if let Entry::WriteCr { reg: r, value: v } = e {
-                    if *r == reg {
-                        *v = value;
-                        self.counters.cr_coalesced += 1;
-                        return;
-                    }
+            // The last write wins only over a write to the same register that
+            // is the newest entry: merging across other entries would move
+            // the register change before them. And two CR4 writes that differ
+            // in a TLB-controlling bit stay apart: a PGE toggle pair exists
+            // for the flush each write causes, which a merge would lose.
+            if let Some(Entry::WriteCr { reg: r, value: v }) = self.ring.back_mut() {
+                let flush_bits_differ = reg == Cr::Cr4 && (*v ^ value) & CR4_TLB_BITS != 0;
+                if *r == reg && !flush_bits_differ {
+                    *v = value;
+                    self.counters.cr_coalesced += 1;
+                    return;
                 }
             }
             self.push_raw(Entry::WriteCr { reg, value }, mmu);

@@ -339,7 +339,10 @@ impl<'m, M: PhysMemory> Space<'m, M> {
 
     /// Records `value` as the logical entry of `page`, pending on `me`, and
     /// returns the hardware entry the queue must write. The page must have
-    /// passed a `check_*` in this same critical section.
+    /// passed a `check_*` in this same critical section, and its entry must
+    /// be pushed before another page is set (a flush between the two would
+    /// clear the mark while the entry is not queued; the ring flushes only
+    /// right after a push, so set-then-push one page at a time is safe).
     pub fn set(&mut self, page: Page, value: Pte, me: usize) -> LeafEntry {
         let s = self
             .slot(page, None)
