@@ -33,6 +33,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use hyperbatch::cmdline::Backend;
 use hyperbatch::frames::FrameAllocator;
 use hyperbatch::paging::{LeafEntry, Pte};
+use hyperbatch::phys::PhysMemory;
 use hyperbatch::queue::{
     Applied, Counters, Cr, Entry, Invalidation, Mmu, Queue, Trigger, RING_CAPACITY,
 };
@@ -295,19 +296,67 @@ pub fn map_anon(va: VirtAddr, pages: u64, prot: Prot) -> Result<(), Error> {
             mmu.space
                 .check_unmapped(start, pages, mmu.me, &mut TableFrames(alloc))?;
         }
-        for i in 0..pages {
-            let frame = match alloc_frame(q, mmu) {
-                Ok(f) => f,
+        // Take every frame before the first page changes, so running out
+        // leaves no trace. The fresh frames are chained through their own
+        // first word (they are zeroed and ours), so no buffer bounds `pages`.
+        let mut chain = FrameChain::default();
+        for _ in 0..pages {
+            match alloc_frame(q, mmu) {
+                Ok(f) => chain.push(f),
                 Err(e) => {
-                    roll_back_anon(q, mmu, start, i);
+                    chain.free_all();
                     return Err(e);
                 }
-            };
+            }
+        }
+        for i in 0..pages {
+            let frame = chain.pop().expect("one frame per page was taken");
             let value = space::pte(frame, prot, true)?;
             push_pte(q, mmu, start + i, value);
         }
         Ok(())
     })
+}
+
+/// Zeroed frames linked through their first word: frame n holds the address
+/// of frame n-1 (0 ends the chain). `pop` zeroes the link again, so every
+/// frame leaves as zeroed as it came.
+#[derive(Default)]
+struct FrameChain {
+    head: u64,
+}
+
+impl FrameChain {
+    fn link(f: PhysFrame) -> *mut u64 {
+        Identity
+            .ptr(f.start_address(), 8)
+            .expect("RAM frames are identity-mapped") as *mut u64
+    }
+
+    fn push(&mut self, f: PhysFrame) {
+        // SAFETY: a frame just allocated to us, identity-mapped and aligned.
+        unsafe { Self::link(f).write(self.head) };
+        self.head = f.start_address().as_u64();
+    }
+
+    fn pop(&mut self) -> Option<PhysFrame> {
+        if self.head == 0 {
+            return None;
+        }
+        let f = PhysFrame::containing_address(PhysAddr::new(self.head));
+        // SAFETY: a frame of this chain, identity-mapped; its first word is
+        // the link, cleared so the frame is all zeroes again.
+        self.head = unsafe { Self::link(f).replace(0) };
+        Some(f)
+    }
+
+    fn free_all(&mut self) {
+        while let Some(f) = self.pop() {
+            if let Some(a) = FRAMES.lock().as_mut() {
+                let _ = a.free(f);
+            }
+        }
+    }
 }
 
 /// A zeroed frame; if none is free but this queue holds frames waiting for
@@ -329,15 +378,6 @@ fn alloc_frame(q: &mut Queue, mmu: &mut KernelMmu<'_>) -> Result<PhysFrame, Erro
             }
         }
         _ => Err(Error::OutOfFrames),
-    }
-}
-
-/// Undoes the first `done` pages of a failed map_anon: their frames go back
-/// (after a flush, in case the ring already wrote them) and the logical
-/// state is unmapped again.
-fn roll_back_anon(q: &mut Queue, mmu: &mut KernelMmu<'_>, start: Page, done: u64) {
-    for i in 0..done {
-        unmap_one(q, mmu, start + i);
     }
 }
 
