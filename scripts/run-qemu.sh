@@ -215,7 +215,18 @@ if [[ "$accel" == kvm ]]; then
     accel_args=(-accel kvm -cpu "$KVM_CPU")
 else
     # -cpu max gives TCG x2APIC, 1 GiB pages and INVPCID.
-    accel_args=(-accel tcg -cpu max)
+    # With more vCPUs than host CPUs, multi-threaded TCG pays a host time
+    # slice for every cross-vCPU wait: a vCPU spinning on PAUSE for an
+    # acknowledgement keeps its host thread, so each TLB shootdown round
+    # waits until the host has run every target (about 10 ms here, 50x the
+    # whole run=stress in round-robin TCG, which moves to the next vCPU at a
+    # PAUSE). HB_TCG_THREAD=single|multi overrides the choice.
+    tcg_thread="${HB_TCG_THREAD:-}"
+    if [[ -z "$tcg_thread" ]]; then
+        tcg_thread=multi
+        ((smp > $(nproc))) && tcg_thread=single
+    fi
+    accel_args=(-accel "tcg,thread=$tcg_thread" -cpu max)
 fi
 
 serial="${log:-$tmp/serial}"

@@ -89,6 +89,49 @@ impl fmt::Display for Backend {
     }
 }
 
+/// A deliberate fault in the boot path (`inject=`), for the tests that show
+/// each one is reported clearly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inject {
+    /// Re-parse a copy of `hvm_start_info` whose magic is wrong; the boot
+    /// must fail with the parser's message.
+    StartInfoMagic,
+    /// Re-parse a copy of `hvm_start_info` with an empty memory map.
+    StartInfoEmptyMap,
+    /// Ignore the RSDP, as on a machine without ACPI.
+    NoAcpi,
+    /// Flip a byte of the MADT before ACPI discovery, so its checksum fails.
+    MadtChecksum,
+}
+
+impl Inject {
+    pub const ALL: [Inject; 4] = [
+        Inject::StartInfoMagic,
+        Inject::StartInfoEmptyMap,
+        Inject::NoAcpi,
+        Inject::MadtChecksum,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Inject::StartInfoMagic => "start_info_magic",
+            Inject::StartInfoEmptyMap => "start_info_empty_map",
+            Inject::NoAcpi => "no_acpi",
+            Inject::MadtChecksum => "madt_checksum",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Inject> {
+        Inject::ALL.into_iter().find(|i| i.as_str() == name)
+    }
+}
+
+impl fmt::Display for Inject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The parsed command line. Strings borrow from the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config<'a> {
@@ -108,13 +151,23 @@ pub struct Config<'a> {
     pub suite: Option<&'a str>,
     /// `log=`: the most verbose log level printed.
     pub log: LevelFilter,
-    /// `fail_alloc_at=`: make the frame allocation after this many fail once.
+    /// `fail_alloc_at=`: make the frame allocation after this many fail
+    /// once, counted from the start of the job (after boot).
     pub fail_alloc_at: Option<u64>,
     /// `skip_cpu=`: leave the CPU with this APIC ID offline (fault injection).
     pub skip_cpu: Option<u32>,
     /// `no_shootdown`: flushes skip the TLB shootdown (fault injection, to
     /// show that the stale-TLB test catches its absence).
     pub no_shootdown: bool,
+    /// `soak` or `soak=0|1`: a long stress run (millions of operations
+    /// unless `ops=` says otherwise), with progress lines.
+    pub soak: bool,
+    /// `inject=`: a deliberate fault in the boot path.
+    pub inject: Option<Inject>,
+    /// `deaf_cpu=`: in `run=stress`, this vCPU (by index, 0 is the boot
+    /// CPU) masks interrupts and stops answering IPIs, so the watchdog must
+    /// name it (fault injection).
+    pub deaf_cpu: Option<u32>,
 }
 
 impl Default for Config<'_> {
@@ -131,6 +184,9 @@ impl Default for Config<'_> {
             fail_alloc_at: None,
             skip_cpu: None,
             no_shootdown: false,
+            soak: false,
+            inject: None,
+            deaf_cpu: None,
         }
     }
 }
@@ -271,6 +327,38 @@ pub const KEYS: &[Key] = &[
             _ => None,
         },
     },
+    Key {
+        name: "soak",
+        expected: "0 or 1 (or a bare soak)",
+        bare: Some("1"),
+        set: |c, v| match v {
+            "0" => Some(Config { soak: false, ..c }),
+            "1" => Some(Config { soak: true, ..c }),
+            _ => None,
+        },
+    },
+    Key {
+        name: "inject",
+        expected: "start_info_magic, start_info_empty_map, no_acpi or madt_checksum",
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                inject: Some(Inject::from_name(v)?),
+                ..c
+            })
+        },
+    },
+    Key {
+        name: "deaf_cpu",
+        expected: "a CPU index (decimal or 0x-hex) that fits in 32 bits",
+        bare: None,
+        set: |c, v| {
+            Some(Config {
+                deaf_cpu: Some(u32::try_from(number(v)?).ok()?),
+                ..c
+            })
+        },
+    },
 ];
 
 // Duplicates are tracked in a u64 bitmask indexed by table position.
@@ -385,12 +473,15 @@ mod tests {
             (c.test, c.suite, c.ops, c.fail_alloc_at, c.skip_cpu),
             (None, None, None, None, None)
         );
+        assert!(!c.soak && !c.no_shootdown);
+        assert_eq!((c.inject, c.deaf_cpu), (None, None));
     }
 
     #[test]
     fn every_key_parses() {
         let line = "run=bench pv=immediate test=paging.map seed=0x1F ops=1000 quick \
-                    suite=mmu log=debug fail_alloc_at=17 skip_cpu=1 no_shootdown";
+                    suite=mmu log=debug fail_alloc_at=17 skip_cpu=1 no_shootdown soak \
+                    inject=madt_checksum deaf_cpu=3";
         let c = parse(line).unwrap();
         assert_eq!(
             c,
@@ -406,6 +497,9 @@ mod tests {
                 fail_alloc_at: Some(17),
                 skip_cpu: Some(1),
                 no_shootdown: true,
+                soak: true,
+                inject: Some(Inject::MadtChecksum),
+                deaf_cpu: Some(3),
             }
         );
         // Names borrow from the input.
@@ -423,6 +517,11 @@ mod tests {
         }
         for b in Backend::ALL {
             assert_eq!(parse(&format!("pv={}", b.as_str())).unwrap().pv, b);
+        }
+        for i in Inject::ALL {
+            assert_eq!(parse(&format!("inject={i}")).unwrap().inject, Some(i));
+            let key = KEYS.iter().find(|k| k.name == "inject").unwrap();
+            assert!(key.expected.contains(i.as_str()));
         }
         assert_eq!(parse("log=off").unwrap().log, LevelFilter::Off);
         assert_eq!(parse("log=TRACE").unwrap().log, LevelFilter::Trace);
@@ -558,11 +657,40 @@ mod tests {
             })
         ));
         assert_eq!(parse("test=a=b").unwrap().test, Some("a=b"));
+        let err = parse("inject=madt").unwrap_err();
+        assert!(matches!(
+            err,
+            Error::BadValue {
+                key: "inject",
+                value: "madt",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("start_info_magic"), "{err}");
+        assert!(matches!(
+            parse("deaf_cpu=-1"),
+            Err(Error::BadValue {
+                key: "deaf_cpu",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("soak=2"),
+            Err(Error::BadValue { key: "soak", .. })
+        ));
     }
 
     #[test]
     fn missing_values() {
-        for line in ["run", "run=", "seed", "test=", "quick="] {
+        for line in [
+            "run",
+            "run=",
+            "seed",
+            "test=",
+            "quick=",
+            "inject",
+            "deaf_cpu=",
+        ] {
             let key = line.trim_end_matches('=');
             let err = parse(line).unwrap_err();
             assert_eq!(

@@ -15,10 +15,12 @@
 mod arch;
 mod bench;
 mod console;
+mod inject;
 mod memory;
 mod mm;
 mod platform;
 mod selftest;
+mod stress;
 mod workload;
 
 use arch::x86_64::{self as x86, apic, gdt, interrupts, percpu, power, smp, stacks, tsc};
@@ -59,8 +61,11 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     let config = cmdline::parse(&info.cmdline)
         .unwrap_or_else(|e| boot_failure("bad kernel command line", &e));
     console::set_level(config.log);
+    if let Err(e) = inject::start_info(config.inject, PhysAddr::new(start_info as u64)) {
+        boot_failure("bad PVH start_info", &e);
+    }
 
-    let acpi = platform::discover_acpi(info.rsdp);
+    let acpi = platform::discover_acpi(info.rsdp, config.inject);
     let mut reserved: heapless::Vec<Range, MAX_RESERVED> = heapless::Vec::new();
     let acpi_ranges = acpi.iter().flat_map(|t| t.ranges());
     for r in info
@@ -114,11 +119,6 @@ extern "C" fn bsp_main() -> ! {
     );
 
     mm::init(config.pv, config.no_shootdown);
-    if let Some(n) = config.fail_alloc_at {
-        if let Some(f) = memory::FRAMES.lock().as_mut() {
-            f.set_fail_after(Some(n));
-        }
-    }
 
     let skip = config.skip_cpu;
     let cpus = platform::cpus(acpi.as_ref());
@@ -151,6 +151,13 @@ extern "C" fn bsp_main() -> ! {
         Ok(())
     });
 
+    // Counted from here, so that the injected failure hits the job, not the
+    // start-up of the other CPUs.
+    if let Some(n) = config.fail_alloc_at {
+        if let Some(f) = memory::FRAMES.lock().as_mut() {
+            f.set_fail_after(Some(n));
+        }
+    }
     let status = run(&config, &host);
     power::exit(status)
 }
@@ -161,10 +168,7 @@ fn run(config: &Config<'_>, host: &platform::Host) -> u32 {
         Run::Test => selftest::run(config),
         Run::Probe => probe(host),
         Run::Bench => bench::run(config, host),
-        Run::Stress => {
-            log::error!("run={} is not part of this build yet", config.run.as_str());
-            power::EXIT_FAILURE
-        }
+        Run::Stress => stress::run(config),
     }
 }
 

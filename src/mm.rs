@@ -277,6 +277,7 @@ pub fn map(va: VirtAddr, frames: &[PhysFrame], prot: Prot) -> Result<(), Error> 
         mmu.space
             .check_unmapped(start, pages, mmu.me, &mut TableFrames(alloc))?;
         drop(frames_lock);
+        flush_if_remap(q, mmu, start, pages);
         for (i, f) in frames.iter().enumerate() {
             let value = space::pte(*f, prot, false)?;
             push_pte(q, mmu, start + i as u64, value);
@@ -296,6 +297,7 @@ pub fn map_anon(va: VirtAddr, pages: u64, prot: Prot) -> Result<(), Error> {
             mmu.space
                 .check_unmapped(start, pages, mmu.me, &mut TableFrames(alloc))?;
         }
+        flush_if_remap(q, mmu, start, pages);
         // Take every frame before the first page changes, so running out
         // leaves no trace. The fresh frames are chained through their own
         // first word (they are zeroed and ours), so no buffer bounds `pages`.
@@ -378,6 +380,16 @@ fn alloc_frame(q: &mut Queue, mmu: &mut KernelMmu<'_>) -> Result<PhysFrame, Erro
             }
         }
         _ => Err(Error::OutOfFrames),
+    }
+}
+
+/// Validation passed, so none of these pages is mapped logically; one whose
+/// hardware entry is still present has its unmap queued in this vCPU's ring.
+/// Flush that first, so the new mapping faults on first touch instead of
+/// reaching the old frame through the old translation.
+fn flush_if_remap(q: &mut Queue, mmu: &mut KernelMmu<'_>, start: Page, pages: u64) {
+    if (0..pages).any(|i| mmu.space.hw_present(start + i)) {
+        q.flush(Trigger::Remap, mmu);
     }
 }
 

@@ -5,16 +5,33 @@
 use crate::arch::x86_64::{self as arch, power, tsc};
 use crate::memory::Identity;
 use hyperbatch::acpi_tables::{self, Cpu, Platform, Tables};
+use hyperbatch::cmdline::Inject;
 use hyperbatch::hypervisor::{self, HostInfo, TscSource};
 use x86_64::PhysAddr;
 
 /// The result of looking for ACPI: tables to reserve before the frame
-/// allocator starts, then the parsed platform.
-pub fn discover_acpi(rsdp: Option<PhysAddr>) -> Option<Tables> {
+/// allocator starts, then the parsed platform. `inject` may remove the RSDP
+/// or corrupt the MADT first (fault injection, see inject.rs).
+pub fn discover_acpi(rsdp: Option<PhysAddr>, inject: Option<Inject>) -> Option<Tables> {
+    let rsdp = if inject == Some(Inject::NoAcpi) {
+        log::warn!("inject=no_acpi: ignoring the RSDP the boot loader gave");
+        None
+    } else {
+        rsdp
+    };
     let Some(rsdp) = rsdp else {
         log::warn!("no ACPI: the boot loader gave no RSDP; running on the boot CPU only");
         return None;
     };
+    if inject == Some(Inject::MadtChecksum) {
+        match crate::inject::corrupt_madt(rsdp) {
+            Some(at) => log::warn!(
+                "inject=madt_checksum: flipped a bit of the MADT at {:#x}",
+                at.as_u64()
+            ),
+            None => log::warn!("inject=madt_checksum: no MADT to corrupt"),
+        }
+    }
     match acpi_tables::discover(&Identity, rsdp) {
         Ok(t) => Some(t),
         Err(e) => {

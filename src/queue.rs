@@ -122,13 +122,18 @@ pub enum Trigger {
     Read,
     /// A frame was needed and this ring holds frames waiting for release.
     Reuse,
+    /// A map of a page whose unmap is still queued: the old translation is
+    /// still in the hardware, so the first touch of the new mapping would
+    /// not fault, and would reach the old frame. Flushing first keeps
+    /// "a pending map becomes visible on first touch" true.
+    Remap,
     /// An operation outside lazy mode, applied at once after any earlier
     /// entries (the immediate backend flushes this way after every entry).
     Unbatched,
 }
 
 impl Trigger {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     pub const ALL: [Trigger; Self::COUNT] = [
         Trigger::Full,
         Trigger::Leave,
@@ -136,6 +141,7 @@ impl Trigger {
         Trigger::Fault,
         Trigger::Read,
         Trigger::Reuse,
+        Trigger::Remap,
         Trigger::Unbatched,
     ];
 
@@ -147,6 +153,7 @@ impl Trigger {
             Trigger::Fault => "fault",
             Trigger::Read => "read",
             Trigger::Reuse => "reuse",
+            Trigger::Remap => "remap",
             Trigger::Unbatched => "unbatched",
         }
     }

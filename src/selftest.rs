@@ -1,7 +1,8 @@
 //! `run=test`: the in-guest tests. Each prints one `HB test` record; the run
-//! fails if any test fails. `test=NAME` runs one test, and `test=fault` is a
-//! deliberate, unrecovered fault that must produce a readable report and a
-//! failure exit.
+//! fails if any test fails. `test=NAME` runs one test; `test=fault` (a null
+//! dereference) and `test=overflow` (a kernel stack overflow) are deliberate,
+//! unrecovered faults that must produce a readable report and a failure
+//! exit.
 
 // A test outcome carries its message, built once per test, so the size of
 // its error variant does not matter.
@@ -51,14 +52,39 @@ const TESTS: &[(&str, TestFn)] = &[
         "mm_batched_vs_immediate_counts",
         mm_tests::batched_vs_immediate_counts,
     ),
+    ("mm_remap_in_batch", mm_tests::remap_in_batch),
+    ("mm_anon_not_executable", protect_tests::anon_not_executable),
+    ("mm_wx_refused", protect_tests::wx_refused),
+    (
+        "stack_overflow_recovered",
+        protect_tests::stack_overflow_recovered,
+    ),
+    (
+        "mm_out_of_frames_mid_batch",
+        inject_tests::out_of_frames_mid_batch,
+    ),
+    (
+        "mm_out_of_tables_mid_batch",
+        inject_tests::out_of_tables_mid_batch,
+    ),
+    ("mm_concurrent_flush", crate::stress::concurrent_flush),
 ];
 
 #[path = "selftest_mm.rs"]
 mod mm_tests;
 
+#[path = "selftest_protect.rs"]
+mod protect_tests;
+
+#[path = "selftest_inject.rs"]
+mod inject_tests;
+
 pub fn run(config: &Config<'_>) -> u32 {
     if config.test == Some("fault") {
         deliberate_fault();
+    }
+    if config.test == Some("overflow") {
+        protect_tests::deliberate_overflow();
     }
     let mut failed = 0;
     let mut ran = 0;

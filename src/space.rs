@@ -388,6 +388,18 @@ impl<'m, M: PhysMemory> Space<'m, M> {
         }
     }
 
+    /// True when the hardware entry of `page` is present: its map was
+    /// applied and any unmap of it is still queued.
+    pub fn hw_present(&mut self, page: Page) -> bool {
+        match self.slot(page, None) {
+            Ok(Some(s)) => self
+                .tables()
+                .read_entry(s.hw)
+                .is_ok_and(|e| Pte::from_entry(&e).is_present()),
+            _ => false,
+        }
+    }
+
     /// What the hardware tables say about `va` now.
     pub fn translate(&self, va: VirtAddr) -> Option<(PhysAddr, Prot, bool)> {
         let t = self.tables().translate(va).ok()?;

@@ -335,6 +335,151 @@ fn recover_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
     true
 }
 
+// --- Stack-overflow probe ---------------------------------------------------
+
+/// What an armed stack-overflow probe caught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackOverflow {
+    /// #DF when the overflow faulted again while the CPU pushed the #PF
+    /// frame (the usual case), else the #PF itself.
+    pub fault: Fault,
+    /// Where the handler's trap frame lay: on the #DF stack (IST1) for a
+    /// double fault.
+    pub handler_rsp: u64,
+}
+
+/// Per-CPU state of the stack-overflow probe: the guard range it watches,
+/// the RSP to resume on, and what it caught.
+struct StackProbeState {
+    guard_start: AtomicU64,
+    /// 0 while disarmed.
+    guard_end: AtomicU64,
+    saved_rsp: AtomicU64,
+    caught: UnsafeCell<Option<StackOverflow>>,
+}
+// SAFETY: as for `ProbeState`: each CPU touches only its own slot, and its
+// trap handler runs on the same CPU with interrupts off.
+unsafe impl Sync for StackProbeState {}
+static STACK_PROBES: [StackProbeState; percpu::MAX_CPUS] = [const {
+    StackProbeState {
+        guard_start: AtomicU64::new(0),
+        guard_end: AtomicU64::new(0),
+        saved_rsp: AtomicU64::new(0),
+        caught: UnsafeCell::new(None),
+    }
+}; percpu::MAX_CPUS];
+
+extern "C" {
+    static stack_probe_resume: u8;
+    /// Saves the callee-saved registers, stores RSP at `*saved_rsp`, calls
+    /// `f(arg)` on the stack whose top is `top`, and returns 0; or returns 1
+    /// when the trap handler resumed it at `stack_probe_resume` on the saved
+    /// RSP.
+    fn stack_probe_call(
+        top: u64,
+        f: extern "C" fn(u64) -> u64,
+        arg: u64,
+        saved_rsp: *mut u64,
+    ) -> u64;
+}
+
+core::arch::global_asm!(
+    ".pushsection .text.stack_probe, \"ax\"",
+    ".global stack_probe_call, stack_probe_resume",
+    "stack_probe_call:",
+    "    push rbp",
+    "    push rbx",
+    "    push r12",
+    "    push r13",
+    "    push r14",
+    "    push r15",
+    "    mov [rcx], rsp",
+    "    mov rbx, rsp",
+    // 16-byte aligned top: the callee sees the usual alignment after `call`.
+    "    mov rsp, rdi",
+    "    mov rdi, rdx",
+    "    call rsi",
+    "    mov rsp, rbx",
+    "    xor eax, eax",
+    "    jmp 2f",
+    "stack_probe_resume:",
+    "    mov eax, 1",
+    "2:",
+    "    pop r15",
+    "    pop r14",
+    "    pop r13",
+    "    pop r12",
+    "    pop rbx",
+    "    pop rbp",
+    "    ret",
+    ".popsection",
+);
+
+/// Runs `f(arg)` on the stack whose top is `top`, with interrupts masked, and
+/// returns the overflow if it ran into `[guard_start, guard_end)`: the trap
+/// handler recognises the armed probe by CR2 and resumes here on the saved
+/// RSP, so an overflow on purpose is a result, not the end of the run.
+///
+/// # Safety
+/// `top` must be the 16-byte aligned top of mapped, writable memory that
+/// nothing else uses, with `[guard_start, guard_end)` unmapped right below
+/// it; `f` may hold no locks or other state that an abandoned call would
+/// leave inconsistent (it is never returned from when it overflows).
+pub unsafe fn probe_stack_overflow(
+    top: VirtAddr,
+    guard_start: VirtAddr,
+    guard_end: VirtAddr,
+    f: extern "C" fn(u64) -> u64,
+    arg: u64,
+) -> Result<(), StackOverflow> {
+    let slot = &STACK_PROBES[percpu::cpu_index()];
+    super::irq::without(|| {
+        // SAFETY: our slot, interrupts masked: the handler cannot run now.
+        unsafe { *slot.caught.get() = None };
+        slot.guard_start
+            .store(guard_start.as_u64(), Ordering::Relaxed);
+        slot.guard_end.store(guard_end.as_u64(), Ordering::Relaxed);
+        // Interrupts stay masked: an IPI taken near the guard would overflow
+        // inside its handler, and resuming would abandon it unacknowledged.
+        // SAFETY: the caller vouches for the stack and for `f`; the asm
+        // preserves the callee-saved registers on both of its exits.
+        let resumed = unsafe { stack_probe_call(top.as_u64(), f, arg, slot.saved_rsp.as_ptr()) };
+        slot.guard_end.store(0, Ordering::Relaxed);
+        // SAFETY: as above; the handler that wrote it has returned.
+        let caught = unsafe { (*slot.caught.get()).take() };
+        match (resumed, caught) {
+            (0, _) => Ok(()),
+            (_, Some(c)) => Err(c),
+            // Cannot happen: only the handler resumes there, after recording.
+            (_, None) => Ok(()),
+        }
+    })
+}
+
+/// If this CPU's stack probe is armed and the fault hit its guard, records
+/// the overflow and resumes the probe. Works for #DF (on IST1) and #PF.
+fn recover_stack_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
+    let slot = &STACK_PROBES[percpu::cpu_index()];
+    let end = slot.guard_end.load(Ordering::Relaxed);
+    let cr2 = Cr2::read_raw();
+    let hit = end != 0
+        && (slot.guard_start.load(Ordering::Relaxed)..end).contains(&cr2)
+        && (fault.vector == 8 || fault.vector == Fault::PAGE_FAULT);
+    if !hit {
+        return false;
+    }
+    slot.guard_end.store(0, Ordering::Relaxed);
+    let caught = StackOverflow {
+        fault: Fault { addr: cr2, ..fault },
+        handler_rsp: frame as *const TrapFrame as u64,
+    };
+    // SAFETY: this CPU's slot, written in its own trap handler.
+    unsafe { *slot.caught.get() = Some(caught) };
+    frame.rip = &raw const stack_probe_resume as u64;
+    frame.rsp = slot.saved_rsp.load(Ordering::Relaxed);
+    true
+}
+
 // --- Dispatch --------------------------------------------------------------
 
 /// Set while a CPU is reporting a fatal trap, so a fault inside the report
@@ -377,6 +522,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
                 error_code: frame.error_code,
                 addr,
             };
+            if recover_stack_probe(frame, fault) {
+                return;
+            }
             if vector == Fault::PAGE_FAULT {
                 let hook = PF_HOOK.load(Ordering::Acquire);
                 if hook != 0 {
