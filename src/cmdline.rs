@@ -22,11 +22,11 @@ pub const DEFAULT_SEED: u64 = 0x5eed;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Run {
     /// Boot, report the platform, power off.
-    #[default]
     Boot,
     /// Run the in-kernel tests.
     Test,
-    /// Run the benchmarks.
+    /// Run the benchmarks (the default: the kernel is its own workload).
+    #[default]
     Bench,
     /// Run the randomised stress workload.
     Stress,
@@ -464,7 +464,7 @@ mod tests {
             assert_eq!(c, Config::default());
         }
         let c = Config::default();
-        assert_eq!(c.run, Run::Boot);
+        assert_eq!(c.run, Run::Bench);
         assert_eq!(c.pv, Backend::Batched);
         assert_eq!(c.seed, DEFAULT_SEED);
         assert_eq!(c.log, LevelFilter::Info);
