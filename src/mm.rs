@@ -58,19 +58,7 @@ static NO_SHOOTDOWN: AtomicBool = AtomicBool::new(false);
 static QUEUES: [AtomicRefCell<Queue>; percpu::MAX_CPUS] =
     [const { AtomicRefCell::new(Queue::new()) }; percpu::MAX_CPUS];
 static PUBLISHED: [SpinLock<Counters>; percpu::MAX_CPUS] =
-    [const { SpinLock::new(ZERO) }; percpu::MAX_CPUS];
-const ZERO: Counters = Counters {
-    enqueued: 0,
-    flushes: [0; Trigger::COUNT],
-    pte_writes: 0,
-    invlpg: 0,
-    full_flushes: 0,
-    cr_writes: 0,
-    cr_coalesced: 0,
-    ipis: 0,
-    shootdowns: 0,
-    frames_released: 0,
-};
+    [const { SpinLock::new(Counters::ZERO) }; percpu::MAX_CPUS];
 
 /// Sets up the window and every vCPU's queue. Boot CPU, before any other
 /// CPU uses the mm.
@@ -638,7 +626,7 @@ pub fn pending() -> usize {
 /// (the benchmark ends every floor batch with the pages unmapped).
 pub fn floor_write(n: usize, entry: impl Fn(usize) -> (Page, Pte)) -> Counters {
     with_mm(|q, mmu| {
-        let mut c = ZERO;
+        let mut c = Counters::ZERO;
         let mut inv = Invalidation::Pages(heapless::Vec::new());
         for i in 0..n {
             let (page, value) = entry(i);

@@ -178,6 +178,20 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// All zero, usable in `const` contexts (`Default` is not const).
+    pub const ZERO: Counters = Counters {
+        enqueued: 0,
+        flushes: [0; Trigger::COUNT],
+        pte_writes: 0,
+        invlpg: 0,
+        full_flushes: 0,
+        cr_writes: 0,
+        cr_coalesced: 0,
+        ipis: 0,
+        shootdowns: 0,
+        frames_released: 0,
+    };
+
     pub fn flushes_total(&self) -> u64 {
         self.flushes.iter().sum()
     }
@@ -326,18 +340,7 @@ impl Queue {
             cpu_depth: 0,
             cr_cache: [None; 3],
             releases_pending: 0,
-            counters: Counters {
-                enqueued: 0,
-                flushes: [0; Trigger::COUNT],
-                pte_writes: 0,
-                invlpg: 0,
-                full_flushes: 0,
-                cr_writes: 0,
-                cr_coalesced: 0,
-                ipis: 0,
-                shootdowns: 0,
-                frames_released: 0,
-            },
+            counters: Counters::ZERO,
         }
     }
 
