@@ -716,6 +716,9 @@ fn reader(_: u64) {
     while !READERS_STOP.load(Ordering::Acquire) {
         for i in 0..n {
             let _ = probe_read(VirtAddr::new(base + i * PAGE));
+            // PAUSE: a round-robin emulator (single-threaded TCG) moves to
+            // the next vCPU here instead of at the end of a time slice.
+            core::hint::spin_loop();
         }
         READ_PASSES[me].fetch_add(1, Ordering::Release);
     }

@@ -486,13 +486,16 @@ impl Queue {
         self.releases_pending > 0
     }
 
-    /// Drains the ring in order and applies it. Returns what was issued.
+    /// Drains the ring in order and applies it. Returns what was issued; a
+    /// flush of an empty ring issues and counts nothing.
     pub fn flush(&mut self, trigger: Trigger, mmu: &mut impl Mmu) -> Counters {
         let before = self.counters;
-        self.counters.flushes[trigger as usize] += 1;
+        // An empty ring issues nothing: counting it would inflate
+        // flushes per operation with flushes no host would see.
         if self.ring.is_empty() {
-            return self.counters.since(&before);
+            return Counters::ZERO;
         }
+        self.counters.flushes[trigger as usize] += 1;
         let mut inv = Invalidation::Pages(heapless::Vec::new());
         let mut releases: heapless::Vec<PhysFrame, RING_CAPACITY> = heapless::Vec::new();
         while let Some(e) = self.ring.pop_front() {
