@@ -724,6 +724,68 @@ fn reader(_: u64) {
     }
 }
 
+/// Other vCPUs kept reading a range of pages (the threads of a process
+/// that share its memory), so every change to that range must be shot down
+/// on them. Readers stop when this is dropped.
+pub struct Readers {
+    cpus: heapless::Vec<usize, { percpu::MAX_CPUS }>,
+}
+
+impl Readers {
+    /// Starts `cpus` reading `pages` pages from `base`.
+    pub fn start(base: VirtAddr, pages: u64, cpus: &[usize]) -> Result<Readers, &'static str> {
+        SMP_BASE.store(base.as_u64(), Ordering::Release);
+        SMP_PAGES.store(pages, Ordering::Release);
+        READERS_STOP.store(false, Ordering::Release);
+        let mut r = Readers {
+            cpus: heapless::Vec::new(),
+        };
+        for &c in cpus {
+            if !smp::post_work(c, reader, 0) {
+                return Err("a reader vCPU is still busy");
+            }
+            let _ = r.cpus.push(c);
+        }
+        Ok(r)
+    }
+
+    /// Waits until every reader has been over the whole range twice since
+    /// the call, so each holds the current translations.
+    pub fn settle(&self) {
+        let seen: heapless::Vec<u64, { percpu::MAX_CPUS }> = self
+            .cpus
+            .iter()
+            .map(|&c| READ_PASSES[c].load(Ordering::Acquire))
+            .collect();
+        for (i, &c) in self.cpus.iter().enumerate() {
+            while READ_PASSES[c].load(Ordering::Acquire) < seen[i] + 2 {
+                smp::serve_mailbox();
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        READERS_STOP.store(true, Ordering::Release);
+        for &c in &self.cpus {
+            while !smp::work_done(c) {
+                smp::serve_mailbox();
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Every online vCPU but this one.
+pub fn other_cpus() -> heapless::Vec<usize, { percpu::MAX_CPUS }> {
+    let me = percpu::cpu_index();
+    (0..percpu::MAX_CPUS)
+        .filter(|&c| c != me && smp::online_mask() & (1 << c) != 0)
+        .collect()
+}
+
 fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     // Small on purpose: with more vCPUs than host cores, an immediate
     // shootdown waits for descheduled vCPU threads (milliseconds each).
@@ -731,12 +793,7 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     let base = VirtAddr::new(WINDOW_BASE + (36 << 30));
     let pool = Pool::new(n)?;
     let fr = &pool.frames;
-    SMP_BASE.store(base.as_u64(), Ordering::Release);
-    SMP_PAGES.store(n, Ordering::Release);
-    let me = percpu::cpu_index();
-    let others: heapless::Vec<usize, { percpu::MAX_CPUS }> = (0..percpu::MAX_CPUS)
-        .filter(|&c| c != me && smp::online_mask() & (1 << c) != 0)
-        .collect();
+    let others = other_cpus();
     let b = RING_CAPACITY as u64;
     for v in 1..=others.len() + 1 {
         for backend in ["immediate", "batched"] {
@@ -745,30 +802,14 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             } else {
                 Backend::Batched
             });
-            READERS_STOP.store(false, Ordering::Release);
-            let readers = &others[..v - 1];
-            for &c in readers {
-                if !smp::post_work(c, reader, 0) {
-                    return Err("a reader vCPU is still busy");
-                }
-            }
+            let readers = Readers::start(base, n, &others[..v - 1])?;
             let mut samples: heapless::Vec<u64, MAX_REPS> = heapless::Vec::new();
             let mut counters = Counters::default();
             let reps = p.reps.min(7);
             for rep in 0..p.warmup + reps {
                 must(mm::map(base, fr, Prot::READ));
                 mm::flush();
-                // Wait until every reader has been over the mapped pages.
-                let seen: heapless::Vec<u64, { percpu::MAX_CPUS }> = readers
-                    .iter()
-                    .map(|&c| READ_PASSES[c].load(Ordering::Acquire))
-                    .collect();
-                for (i, &c) in readers.iter().enumerate() {
-                    while READ_PASSES[c].load(Ordering::Acquire) < seen[i] + 2 {
-                        smp::serve_mailbox();
-                        core::hint::spin_loop();
-                    }
-                }
+                readers.settle();
                 let before = mm::counters();
                 let t0 = tsc::rdtsc();
                 for c in (0..n).step_by(b as usize) {
@@ -784,13 +825,7 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                     counters.add(&mm::counters().since(&before));
                 }
             }
-            READERS_STOP.store(true, Ordering::Release);
-            for &c in readers {
-                while !smp::work_done(c) {
-                    smp::serve_mailbox();
-                    core::hint::spin_loop();
-                }
-            }
+            drop(readers);
             let t = timing(&mut samples, n);
             emit(&Figure {
                 suite: "smp",

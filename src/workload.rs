@@ -12,10 +12,14 @@
 //! - `arena`: an arena that grows page by page (map_anon) while records are
 //!   written into it and shrinks page by page from its old end (unmap),
 //!   like a log-structured buffer.
+//!
+//! Both run with every other online vCPU reading the region they work on,
+//! as the other threads of a process share its memory: each change must
+//! then be shot down on them, as it would be in a multi-threaded process.
 
 use crate::arch::x86_64::interrupts::{probe_write, Fault};
 use crate::arch::x86_64::tsc;
-use crate::bench::{emit, timing, Figure, Params};
+use crate::bench::{emit, other_cpus, timing, Figure, Params, Readers};
 use crate::memory::{Identity, FRAMES};
 use crate::mm::{self, Protection as Prot};
 use crate::platform::Host;
@@ -84,7 +88,7 @@ fn must(r: Result<(), hyperbatch::space::Error>) -> Result<(), &'static str> {
 
 /// One run of the COW snapshot. Returns (checksum, snapshot mismatches, copies).
 fn cow_snapshot(pages: u64, writes: u64, seed: u64) -> Result<(u64, u64, u64), &'static str> {
-    let base = VirtAddr::new(WINDOW_BASE + (44 << 30));
+    let base = VirtAddr::new(COW_BASE);
     let mut originals: heapless::Vec<PhysFrame, 1024> = heapless::Vec::new();
     let mut copies: heapless::Vec<Option<PhysFrame>, 1024> = heapless::Vec::new();
     for i in 0..pages {
@@ -175,7 +179,7 @@ fn cow_snapshot(pages: u64, writes: u64, seed: u64) -> Result<(u64, u64, u64), &
 
 /// One run of the arena. Returns its checksum.
 fn arena(rounds: u64, grow: u64, keep: u64, seed: u64) -> Result<u64, &'static str> {
-    let base = VirtAddr::new(WINDOW_BASE + (48 << 30));
+    let base = VirtAddr::new(ARENA_BASE);
     let mut rng = Rng(seed | 1);
     let (mut lo, mut hi) = (0u64, 0u64); // live pages [lo, hi)
     let mut sum = 0xcbf2_9ce4_8422_2325u64;
@@ -212,6 +216,9 @@ fn arena(rounds: u64, grow: u64, keep: u64, seed: u64) -> Result<u64, &'static s
     Ok(sum)
 }
 
+const COW_BASE: u64 = WINDOW_BASE + (44 << 30);
+const ARENA_BASE: u64 = WINDOW_BASE + (48 << 30);
+
 pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     let (pages, writes, rounds) = if p.quick {
         (64, 256, 32)
@@ -219,6 +226,8 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
         (512, 4096, 256)
     };
     let reps = if p.quick { 3 } else { 5 };
+    let others = other_cpus();
+    let vcpus = others.len() as u64 + 1;
     let mut sums = [0u64; 2];
     for (k, backend) in [Backend::Immediate, Backend::Batched]
         .into_iter()
@@ -228,6 +237,7 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
         let mut samples: heapless::Vec<u64, 16> = heapless::Vec::new();
         let mut counters = Counters::default();
         let mut last = (0, 0, 0);
+        let readers = Readers::start(VirtAddr::new(COW_BASE), pages, &others)?;
         for _ in 0..reps {
             let before = mm::counters();
             let t0 = tsc::rdtsc();
@@ -235,6 +245,7 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             let _ = samples.push(tsc::rdtsc() - t0);
             counters.add(&mm::counters().since(&before));
         }
+        drop(readers);
         if last.1 != 0 {
             log::error!("cow_snapshot: {} snapshot words changed", last.1);
             return Err("the snapshot changed");
@@ -245,7 +256,7 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             name: "cow_snapshot",
             backend: backend.as_str(),
             batch: pages,
-            vcpus: 1,
+            vcpus,
             ops: writes,
             reps: reps as u64,
             timing: timing(&mut samples, writes),
@@ -269,6 +280,9 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
         let mut samples: heapless::Vec<u64, 16> = heapless::Vec::new();
         let mut counters = Counters::default();
         let mut sum = 0;
+        // The arena lives within its first rounds * 8 pages; the readers
+        // sweep that whole span (unmapped parts fault, as expected).
+        let readers = Readers::start(VirtAddr::new(ARENA_BASE), rounds * 8, &others)?;
         for _ in 0..reps {
             let before = mm::counters();
             let t0 = tsc::rdtsc();
@@ -276,13 +290,14 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             let _ = samples.push(tsc::rdtsc() - t0);
             counters.add(&mm::counters().since(&before));
         }
+        drop(readers);
         sums[k] = sum;
         emit(&Figure {
             suite: "workload",
             name: "arena",
             backend: backend.as_str(),
             batch: 8,
-            vcpus: 1,
+            vcpus,
             ops: rounds * 8,
             reps: reps as u64,
             timing: timing(&mut samples, rounds * 8),
