@@ -91,9 +91,13 @@ fn set_backend_all(backend: Backend) {
             if lazy {
                 q.enter_lazy_mmu();
             } else {
-                // A queue still holding entries here would lose them: flush
-                // through the owner first (set_backend does, for this CPU).
-                debug_assert!(q.is_empty());
+                // Only the owner may flush its queue: one that still holds
+                // entries means a vCPU left work pending, and switching would
+                // lose it. set_backend flushes this CPU's own first.
+                assert!(
+                    q.is_empty(),
+                    "set_backend with entries pending in another vCPU's queue"
+                );
                 let _ = q.leave_lazy_mmu(&mut NoopMmu);
             }
         }
@@ -141,14 +145,12 @@ impl Mmu for KernelMmu<'_> {
         if NO_SHOOTDOWN.load(Ordering::Relaxed) {
             return 0;
         }
-        match smp::call(
+        smp::call(
+            "TLB shootdown",
             smp::tlb_targets(),
             shootdown_handler,
             inv as *const Invalidation as u64,
-        ) {
-            Ok(n) => n,
-            Err(e) => smp::watchdog_fail("TLB shootdown", e),
-        }
+        )
     }
 
     fn write_cr(&mut self, reg: Cr, value: u64) {
@@ -246,6 +248,10 @@ fn with_mm<R>(f: impl FnOnce(&mut Queue, &mut KernelMmu<'_>) -> R) -> R {
 }
 
 /// Maps `frames` (caller-owned: unmap does not free them) at `va`.
+///
+/// Frames must be the caller's: RAM the allocator holds as free is refused
+/// (`BadFrame`), but a frame the mm owns through another mapping is not
+/// detected, and the caller must not pass one.
 pub fn map(va: VirtAddr, frames: &[PhysFrame], prot: Prot) -> Result<(), Error> {
     let pages = frames.len() as u64;
     let start = space::check_range(va, pages)?;
@@ -388,13 +394,18 @@ fn push_pte(q: &mut Queue, mmu: &mut KernelMmu<'_>, page: Page, value: Pte) {
 
 fn unmap_one(q: &mut Queue, mmu: &mut KernelMmu<'_>, page: Page) {
     let (old, _) = mmu.space.logical(page).expect("validated page");
-    push_pte(q, mmu, page, Pte::EMPTY);
-    if old.flags().contains(space::OWNED) {
-        q.push_mmu(
-            Entry::ReleaseFrame(PhysFrame::containing_address(old.addr())),
-            mmu,
-        );
+    if !old.flags().contains(space::OWNED) {
+        push_pte(q, mmu, page, Pte::EMPTY);
+        return;
     }
+    let entry = mmu.space.set(page, Pte::EMPTY, mmu.me);
+    let write = Entry::WritePte {
+        page,
+        entry,
+        value: Pte::EMPTY,
+    };
+    let release = Entry::ReleaseFrame(PhysFrame::containing_address(old.addr()));
+    q.push_unmap(write, release, mmu);
 }
 
 /// Unmaps `pages` pages at `va`, releasing the frames map_anon gave them.
@@ -511,7 +522,12 @@ impl Drop for CpuBatch {
 }
 
 /// Writes a control register through the queue (deferred in CPU lazy mode).
-pub fn write_cr(reg: Cr, value: u64) {
+///
+/// # Safety
+/// `value` must be a valid value for `reg` that keeps the kernel running:
+/// paging, protection and the current root unchanged (the benchmarks and
+/// tests write back what they read).
+pub unsafe fn write_cr(reg: Cr, value: u64) {
     with_mm(|q, mmu| q.write_cr(reg, value, mmu));
 }
 
@@ -570,9 +586,7 @@ fn publish_counters(_: u64) {
 
 /// Every online vCPU's counters, summed; each vCPU reports its own.
 pub fn counters_all() -> Counters {
-    if let Err(e) = smp::call(u64::MAX, publish_counters, 0) {
-        smp::watchdog_fail("collecting counters", e);
-    }
+    smp::call("collecting counters", u64::MAX, publish_counters, 0);
     let mut total = counters();
     let me = percpu::cpu_index();
     let online = smp::online_mask();
@@ -635,16 +649,7 @@ pub fn floor_write(n: usize, entry: impl Fn(usize) -> (Page, Pte)) -> Counters {
             };
             c.pte_writes += 1;
             if mmu.space.apply(slot.hw, value) == Applied::Replaced {
-                inv = match inv {
-                    Invalidation::Pages(mut pages) => {
-                        if pages.last() == Some(&page) || pages.push(page).is_ok() {
-                            Invalidation::Pages(pages)
-                        } else {
-                            Invalidation::All
-                        }
-                    }
-                    Invalidation::All => Invalidation::All,
-                };
+                inv.add(page);
             }
         }
         match &inv {

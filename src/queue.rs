@@ -252,7 +252,8 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
-    fn add(&mut self, page: Page) {
+    /// Adds `page`, once; past the ceiling the invalidation becomes `All`.
+    pub fn add(&mut self, page: Page) {
         if let Invalidation::Pages(pages) = self {
             // Fix (mm_tests): dedup over the whole list, not only the last
             // page. The list holds at most INVLPG_CEILING pages, so the scan
@@ -412,6 +413,20 @@ impl Queue {
             return;
         }
         self.push_raw(e, mmu);
+    }
+
+    /// Defers an unmap's PTE write together with the release of its frame:
+    /// outside lazy mode both go out in one flush (one invalidation, one
+    /// shootdown round, then the release), as one unmap would.
+    pub fn push_unmap(&mut self, write: Entry, release: Entry, mmu: &mut impl Mmu) {
+        debug_assert!(
+            matches!(write, Entry::WritePte { .. }) && matches!(release, Entry::ReleaseFrame(_))
+        );
+        self.push_raw(write, mmu);
+        self.push_raw(release, mmu);
+        if !self.in_lazy_mmu() {
+            self.flush(Trigger::Unbatched, mmu);
+        }
     }
 
     fn push_raw(&mut self, e: Entry, mmu: &mut impl Mmu) {

@@ -516,7 +516,8 @@ pub fn cr_lazy_mode() -> Outcome {
     {
         let _b = mm::cpu_batch();
         for _ in 0..10 {
-            mm::write_cr(Cr::Cr4, cr4);
+            // SAFETY: CR4's current value, written back.
+            unsafe { mm::write_cr(Cr::Cr4, cr4) };
         }
         if mm::read_cr(Cr::Cr4) != cr4 {
             return Err(detail(format_args!("CR4 cache lost the pending value")));
@@ -529,7 +530,8 @@ pub fn cr_lazy_mode() -> Outcome {
             d.cr_writes, d.cr_coalesced
         )));
     }
-    mm::write_cr(Cr::Cr4, cr4);
+    // SAFETY: as above.
+    unsafe { mm::write_cr(Cr::Cr4, cr4) };
     let d2 = mm::counters().since(&before);
     if d2.cr_writes != 2 {
         return Err(detail(format_args!(

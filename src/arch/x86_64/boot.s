@@ -137,6 +137,12 @@ ap_long_mode:
     xor eax, eax
     mov fs, ax
     mov gs, ax
+    # Claim the hand-off before touching its stack: a CPU that timed out
+    # and arrives late must not run on the stack of the CPU started after it.
+    mov eax, 1
+    xchg rax, [rip + {handoff} + 24]
+    test rax, rax
+    jnz 8f
     mov rax, [rip + {handoff} + 0]  # final page-table root
     mov cr3, rax
     mov rsp, [rip + {handoff} + 8]  # top of this CPU's guarded stack
@@ -146,6 +152,9 @@ ap_long_mode:
 7:  cli
     hlt
     jmp 7b
+8:  cli                             # too late: the boot CPU gave up on us
+    hlt
+    jmp 8b
 
 .section .rodata.boot, "a"
 .Lno_lm_msg:

@@ -317,6 +317,11 @@ fn recover_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
         &raw const probe_store_insn as u64,
         &raw const probe_resume as u64,
     );
+    // Only the faults a memory access raises belong to a probe: an NMI or a
+    // debug trap that happens to stop at the probe instruction does not.
+    if fault.vector != Fault::PAGE_FAULT && fault.vector != 13 {
+        return false;
+    }
     let slot = &PROBES[percpu::cpu_index()];
     let exec = slot.exec_target.load(Ordering::Relaxed);
     if frame.rip == load || frame.rip == store {
@@ -508,9 +513,11 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             super::smp::serve_mailbox();
             apic::eoi();
         }
-        // Spurious: the APIC's, or a masked 8259's IRQ7/IRQ15. No EOI.
+        // Spurious: the APIC's or the master 8259's IRQ7 take no EOI; the
+        // slave's IRQ15 was real to the master, which needs its EOI.
         SPURIOUS_VECTOR => {}
-        v if v == super::pic::PIC_VECTOR_BASE + 7 || v == super::pic::PIC_VECTOR_BASE + 15 => {}
+        v if v == super::pic::PIC_VECTOR_BASE + 7 => {}
+        v if v == super::pic::PIC_VECTOR_BASE + 15 => super::pic::eoi_master(),
         _ => {
             let addr = if vector == Fault::PAGE_FAULT {
                 Cr2::read_raw()

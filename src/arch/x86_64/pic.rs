@@ -11,6 +11,13 @@ use x86_64::instructions::port::Port;
 /// First vector of the remapped master PIC; the slave follows at +8.
 pub const PIC_VECTOR_BASE: u8 = 0x20;
 
+/// Non-specific EOI to the master PIC (OCW2), for a spurious IRQ15 that
+/// the master saw as a real IRQ2.
+pub fn eoi_master() {
+    // SAFETY: writing OCW2 to the master's command port changes no memory.
+    unsafe { Port::<u8>::new(0x20).write(0x20) };
+}
+
 pub fn remap_and_mask() {
     let mut master_cmd = Port::<u8>::new(0x20);
     let mut master_data = Port::<u8>::new(0x21);

@@ -158,10 +158,8 @@ fn start_one(index: usize, apic_id: u32, skip: bool) -> Result<(), &'static str>
 /// The Rust entry of an application processor, on its own stack.
 pub extern "C" fn ap_entry(index: u64) -> ! {
     let index = index as usize;
-    // Claim the hand-off; a CPU that finds it taken arrived too late.
-    if AP_HANDOFF[HANDOFF_CLAIMED].swap(1, Ordering::AcqRel) != 0 {
-        park();
-    }
+    // boot.s claimed the hand-off before touching its stack; a CPU that
+    // found it taken parked there.
     let expected = percpu::get(index).apic_id.load(Ordering::Relaxed);
     // SAFETY: the boot CPU reserved `index` for the CPU with APIC ID
     // `expected`; we check below that we are that CPU before going on.
@@ -196,12 +194,18 @@ fn park() -> ! {
 fn idle_loop() -> ! {
     let me = percpu::cpu_index();
     loop {
-        enter_lazy_tlb(me);
-        x86_64::instructions::interrupts::enable_and_hlt();
+        // Check for work with interrupts masked, then sleep with `sti; hlt`:
+        // STI's one-instruction shadow makes the pair atomic, so a post_work
+        // IPI that lands after the check wakes the hlt instead of being lost.
+        x86_64::instructions::interrupts::disable();
         if WORK[me].func.load(Ordering::Acquire) != 0 {
             leave_lazy_tlb(me);
+            x86_64::instructions::interrupts::enable();
             run_posted_work();
+            continue;
         }
+        enter_lazy_tlb(me);
+        x86_64::instructions::interrupts::enable_and_hlt();
     }
 }
 
@@ -220,9 +224,19 @@ fn enter_lazy_tlb(me: usize) {
 }
 
 fn leave_lazy_tlb(me: usize) {
+    if LAZY_TLB.load(Ordering::Relaxed) & (1 << me) == 0 {
+        return;
+    }
     // A locked RMW is a full fence: the clear is visible before this CPU's
     // first access to mm memory, pairing with the fence in tlb_targets.
     LAZY_TLB.fetch_and(!(1 << me), Ordering::SeqCst);
+    // While lazy, the CPU may still have filled TLB entries speculatively
+    // from the live tables (Intel SDM vol. 3, 4.10.2.3), and shootdowns
+    // skipped it. Drop them: after the clear above, every later change
+    // reaches this CPU, and everything earlier is in the tables now.
+    let (frame, flags) = x86_64::registers::control::Cr3::read();
+    // SAFETY: reloading the live root changes no mapping.
+    unsafe { x86_64::registers::control::Cr3::write(frame, flags) };
 }
 
 /// The CPUs a TLB shootdown must reach: online, not idle in lazy TLB mode,
@@ -308,6 +322,12 @@ static PENDING: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; pe
 /// Serves every request posted to this CPU. Runs in the IPI handler, and
 /// from `call` while waiting, with interrupts masked.
 pub fn serve_mailbox() {
+    // Callers in thread context spin with interrupts on: a nested IPI
+    // would re-enter the handlers (and PUBLISHED's lock) otherwise.
+    super::irq::without(serve_mailbox_masked);
+}
+
+fn serve_mailbox_masked() {
     let me = percpu::cpu_index();
     let mut senders = PENDING[me].swap(0, Ordering::AcqRel);
     while senders != 0 {
@@ -337,11 +357,16 @@ pub struct NoAck {
 /// Runs `handler(arg)` on every online CPU in `targets` (a bitmask of CPU
 /// indices; this CPU is left out) from their IPI handlers, and waits until
 /// each has done so. Returns the number of IPIs sent.
-pub fn call(targets: u64, handler: fn(u64), arg: u64) -> Result<u32, NoAck> {
+///
+/// A target that does not acknowledge within the timeout ends the run
+/// through the watchdog, naming it (`what` says what was asked). Going on
+/// would be unsound: its late acknowledgement would count towards the next
+/// request, whose sender could then free what a target still reads.
+pub fn call(what: &str, targets: u64, handler: fn(u64), arg: u64) -> u32 {
     let me = percpu::cpu_index();
     let targets = targets & !(1 << me) & online_mask();
     if targets == 0 {
-        return Ok(0);
+        return 0;
     }
     super::irq::without(|| {
         let req = &REQUESTS[me];
@@ -371,12 +396,12 @@ pub fn call(targets: u64, handler: fn(u64), arg: u64) -> Result<u32, NoAck> {
             serve_mailbox();
             if tsc::rdtsc() > deadline {
                 let missing = targets & !acked_mask(me, targets);
-                return Err(NoAck { missing });
+                watchdog_fail(what, NoAck { missing });
             }
             core::hint::spin_loop();
         }
         req.handler.store(0, Ordering::Release);
-        Ok(sent)
+        sent
     })
 }
 
@@ -405,8 +430,8 @@ pub fn online_mask() -> u64 {
 fn ping(_: u64) {}
 
 /// One acknowledged request to every other online CPU: proves the IPI path.
-pub fn ping_all() -> Result<u32, NoAck> {
-    call(u64::MAX, ping, 0)
+pub fn ping_all() -> u32 {
+    call("IPI ping", u64::MAX, ping, 0)
 }
 
 /// Prints which CPUs failed to acknowledge, and stops the run.
