@@ -62,8 +62,6 @@ pub enum Cr {
 }
 
 impl Cr {
-    const ALL: [Cr; 3] = [Cr::Cr0, Cr::Cr3, Cr::Cr4];
-
     fn index(self) -> usize {
         match self {
             Cr::Cr0 => 0,
@@ -571,9 +569,4 @@ impl Queue {
         self.releases_pending = 0;
         self.counters.since(&before)
     }
-}
-
-/// Which control registers exist, for printing.
-pub fn control_registers() -> [Cr; 3] {
-    Cr::ALL
 }

@@ -43,7 +43,8 @@ pub const WINDOW_TABLES: usize = (WINDOW_SIZE >> 21) as usize;
 /// PTE bit 9 (available to software): the frame was allocated by the mm
 /// (`map_anon`) and goes back to the allocator when the page is unmapped.
 pub const OWNED: F = F::BIT_9;
-/// Frames must lie below this: the twin keeps bits 52-58 for itself.
+/// Frames lie below this (the x86_64 crate's `PhysAddr` guarantees it),
+/// which leaves bits 52-58 of a twin entry for the pending mark.
 pub const MAX_FRAME_ADDR: u64 = 1 << 52;
 const PENDING_SHIFT: u32 = 52;
 const PENDING_MASK: u64 = 0x7f << PENDING_SHIFT;
@@ -105,7 +106,7 @@ pub enum Error {
     AlreadyMapped(VirtAddr),
     NotMapped(VirtAddr),
     WriteAndExecute,
-    /// `map` was given a frame the mm cannot describe.
+    /// `map` was given RAM the frame allocator holds as free (mm.rs).
     BadFrame(PhysAddr),
     /// Fewer frames than pages (or more) were given to `map`.
     FrameCount {
@@ -138,7 +139,11 @@ impl core::fmt::Display for Error {
             Error::WriteAndExecute => {
                 write!(f, "a mapping cannot be writable and executable at once")
             }
-            Error::BadFrame(a) => write!(f, "frame {:#x} is not usable for a mapping", a.as_u64()),
+            Error::BadFrame(a) => write!(
+                f,
+                "frame {:#x} is free in the frame allocator: allocate it before mapping it",
+                a.as_u64()
+            ),
             Error::FrameCount { pages, frames } => {
                 write!(f, "{frames} frames given for {pages} pages")
             }
@@ -407,11 +412,9 @@ impl<'m, M: PhysMemory> Space<'m, M> {
     }
 }
 
-/// Builds the PTE for a mapping.
+/// Builds the PTE for a mapping; fails only for writable+executable. Every
+/// frame fits: a `PhysAddr` is below [`MAX_FRAME_ADDR`] by construction.
 pub fn pte(frame: PhysFrame<Size4KiB>, prot: Prot, owned: bool) -> Result<Pte, Error> {
-    if frame.start_address().as_u64() >= MAX_FRAME_ADDR {
-        return Err(Error::BadFrame(frame.start_address()));
-    }
     let mut flags = prot.flags()?;
     if owned {
         flags |= OWNED;
