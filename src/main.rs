@@ -21,7 +21,6 @@ mod mm;
 mod platform;
 mod selftest;
 mod stress;
-mod workload;
 
 use arch::x86_64::{self as x86, apic, gdt, interrupts, percpu, power, smp, stacks, tsc};
 use core::fmt::Write;

@@ -41,7 +41,7 @@
 //! before such a map (`Trigger::Remap`), so the first touch of the new
 //! mapping faults instead of reaching the old frame.
 
-// Outcomes carry their message (selftest.rs).
+// Outcomes carry their message (selftest/mod.rs).
 #![allow(clippy::result_large_err)]
 
 use crate::arch::x86_64::interrupts::{probe_read, probe_write, Fault};

@@ -103,7 +103,7 @@ MATRIX: list[Config] = [
     Config("q35",     2,   "run=boot"),
     Config("q35",     4,   "run=boot",               quick=True),
     Config("q35",     8,   "run=boot",               timeout=120),
-    # The in-guest tests (selftest.rs, selftest_*.rs): each prints an HB test
+    # The in-guest tests (src/selftest/): each prints an HB test
     # line. Every machine at 1, 2 and 4 vCPUs under both backends (issues 3
     # and 5); --quick keeps three of them.
     *[Config(m, n, f"run=test pv={pv}", min_tests=26,

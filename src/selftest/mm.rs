@@ -1,7 +1,7 @@
 //! In-guest tests of the mm API and its queue (issue 3). Each test uses its
 //! own slice of the window, so a failure in one cannot cascade.
 
-// See selftest.rs: outcomes carry their message.
+// See selftest/mod.rs: outcomes carry their message.
 #![allow(clippy::result_large_err)]
 
 use super::{detail, expect_pf, Detail};

@@ -27,64 +27,55 @@ const TESTS: &[(&str, TestFn)] = &[
     ("stack_is_not_executable", stack_is_not_executable),
     ("ipi_round_trip", ipi_round_trip),
     ("frames_alloc_free", frames_alloc_free),
-    ("mm_map_reads_back", mm_tests::map_reads_back),
-    ("mm_map_given_frames", mm_tests::map_given_frames),
-    ("mm_translate_flushes", mm_tests::translate_flushes),
-    (
-        "mm_unmap_faults_after_flush",
-        mm_tests::unmap_faults_after_flush,
-    ),
-    ("mm_protect", mm_tests::protect_read_only),
-    ("mm_stale_tlb_cross_cpu", mm_tests::stale_tlb_cross_cpu),
+    ("mm_map_reads_back", mm::map_reads_back),
+    ("mm_map_given_frames", mm::map_given_frames),
+    ("mm_translate_flushes", mm::translate_flushes),
+    ("mm_unmap_faults_after_flush", mm::unmap_faults_after_flush),
+    ("mm_protect", mm::protect_read_only),
+    ("mm_stale_tlb_cross_cpu", mm::stale_tlb_cross_cpu),
     (
         "mm_frame_kept_until_shootdown",
-        mm_tests::frame_kept_until_shootdown,
+        mm::frame_kept_until_shootdown,
     ),
-    ("mm_ring_full_mid_batch", mm_tests::ring_full_mid_batch),
-    ("mm_bad_input", mm_tests::bad_input),
-    (
-        "mm_out_of_frames_mid_call",
-        mm_tests::out_of_frames_mid_call,
-    ),
-    ("mm_pending_on_other_cpu", mm_tests::pending_on_other_cpu),
-    ("mm_cr_lazy_mode", mm_tests::cr_lazy_mode),
+    ("mm_ring_full_mid_batch", mm::ring_full_mid_batch),
+    ("mm_bad_input", mm::bad_input),
+    ("mm_out_of_frames_mid_call", mm::out_of_frames_mid_call),
+    ("mm_pending_on_other_cpu", mm::pending_on_other_cpu),
+    ("mm_cr_lazy_mode", mm::cr_lazy_mode),
     (
         "mm_batched_vs_immediate_counts",
-        mm_tests::batched_vs_immediate_counts,
+        mm::batched_vs_immediate_counts,
     ),
-    ("mm_remap_in_batch", mm_tests::remap_in_batch),
-    ("mm_anon_not_executable", protect_tests::anon_not_executable),
-    ("mm_wx_refused", protect_tests::wx_refused),
+    ("mm_remap_in_batch", mm::remap_in_batch),
+    ("mm_anon_not_executable", protect::anon_not_executable),
+    ("mm_wx_refused", protect::wx_refused),
     (
         "stack_overflow_recovered",
-        protect_tests::stack_overflow_recovered,
+        protect::stack_overflow_recovered,
     ),
     (
         "mm_out_of_frames_mid_batch",
-        inject_tests::out_of_frames_mid_batch,
+        inject::out_of_frames_mid_batch,
     ),
     (
         "mm_out_of_tables_mid_batch",
-        inject_tests::out_of_tables_mid_batch,
+        inject::out_of_tables_mid_batch,
     ),
     ("mm_concurrent_flush", crate::stress::concurrent_flush),
 ];
 
-#[path = "selftest_mm.rs"]
-mod mm_tests;
+mod mm;
 
-#[path = "selftest_protect.rs"]
-mod protect_tests;
+mod protect;
 
-#[path = "selftest_inject.rs"]
-mod inject_tests;
+mod inject;
 
 pub fn run(config: &Config<'_>) -> u32 {
     if config.test == Some("fault") {
         deliberate_fault();
     }
     if config.test == Some("overflow") {
-        protect_tests::deliberate_overflow();
+        protect::deliberate_overflow();
     }
     let mut failed = 0;
     let mut ran = 0;

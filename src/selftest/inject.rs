@@ -3,7 +3,7 @@
 //! page-table page. The failing call gets its error, the entries before it
 //! stay applied and consistent, later calls work, and no frame leaks.
 
-// See selftest.rs: outcomes carry their message.
+// See selftest/mod.rs: outcomes carry their message.
 #![allow(clippy::result_large_err)]
 
 use super::{detail, Detail};

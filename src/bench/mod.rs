@@ -19,6 +19,8 @@
 //! (tools/hbreport turns them into the report) and one row of a readable
 //! table.
 
+mod workload;
+
 use crate::arch::x86_64::interrupts::{probe_read, IPIS_TAKEN, IPI_VECTOR};
 use crate::arch::x86_64::{apic, percpu, smp, tsc};
 use crate::memory::{Identity, FRAMES};
@@ -270,7 +272,7 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
         ("mm", mm_suite),
         ("cpu", cpu_suite),
         ("smp", smp_suite),
-        ("workload", crate::workload::suite),
+        ("workload", workload::suite),
     ];
     let mut ran = 0;
     for (name, suite) in suites {

@@ -2,9 +2,9 @@
 //! (issue 5): a `map_anon` page without execute permission, W^X refused by
 //! the mm API and enforced by the hardware, and a stack overflow into a
 //! guard page caught on the #DF stack and resumed. The checks on the kernel
-//! image (null, text, rodata, data and stack) are in selftest.rs.
+//! image (null, text, rodata, data and stack) are in selftest/mod.rs.
 
-// See selftest.rs: outcomes carry their message.
+// See selftest/mod.rs: outcomes carry their message.
 #![allow(clippy::result_large_err)]
 
 use super::{detail, expect_pf, Detail};
@@ -29,7 +29,7 @@ const WRITE_AND_EXEC: Prot = Prot {
     exec: true,
 };
 
-/// This file's 1 GiB slices of the window, above selftest_mm.rs's.
+/// This file's 1 GiB slices of the window, above selftest/mm.rs's.
 fn region(n: u64) -> VirtAddr {
     VirtAddr::new(WINDOW_BASE + (40 + n) * (1 << 30))
 }
