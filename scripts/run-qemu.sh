@@ -8,6 +8,11 @@
 #   --accel auto|tcg|kvm      default auto: KVM only where it runs ring-0 code at
 #                             hardware speed (a probe boot decides, cached in
 #                             target/accel-probe), else TCG
+#   --icount                  count instead of time: TCG, single-threaded, with
+#                             -icount shift=0,sleep=off,align=off, so the guest
+#                             TSC advances by one per guest instruction (every
+#                             vCPU's) and two boots print identical figures;
+#                             adds `icount` to the kernel command line
 #   --smp N                   vCPUs (default 2)
 #   --mem SIZE                guest RAM, QEMU syntax (default 512M)
 #   --timeout SECONDS         stop the guest and fail after this long (default
@@ -41,6 +46,7 @@ smp=2
 mem=512M
 timeout=""
 gdb=0
+icount=0
 build=1
 kernel=""
 log=""
@@ -67,6 +73,7 @@ while (($#)); do
         shift 2
         ;;
     --gdb) gdb=1 && shift ;;
+    --icount) icount=1 && shift ;;
     --no-build) build=0 && shift ;;
     -h | --help) usage && exit 0 ;;
     --)
@@ -114,6 +121,16 @@ case "$accel" in auto | tcg | kvm) ;; *)
     exit 2
     ;;
 esac
+if ((icount)); then
+    # Counting is a TCG feature: KVM runs guest code on the CPU, where
+    # QEMU cannot count it.
+    if [[ "$accel" == kvm ]]; then
+        hb_say "--icount needs TCG: QEMU counts instructions only when it translates them (drop --accel kvm)"
+        exit 2
+    fi
+    accel=tcg
+    cmdline+=(icount)
+fi
 
 # ---- the kernel ----
 if ((build)); then
@@ -222,11 +239,19 @@ else
     # whole run=stress in round-robin TCG, which moves to the next vCPU at a
     # PAUSE). HB_TCG_THREAD=single|multi overrides the choice.
     tcg_thread="${HB_TCG_THREAD:-}"
-    if [[ -z "$tcg_thread" ]]; then
+    if ((icount)); then
+        # QEMU refuses multi-threaded TCG with icount.
+        if [[ "$tcg_thread" == multi ]]; then
+            hb_say "--icount needs single-threaded TCG; HB_TCG_THREAD=multi cannot apply"
+            exit 2
+        fi
+        tcg_thread=single
+    elif [[ -z "$tcg_thread" ]]; then
         tcg_thread=multi
         ((smp > $(nproc))) && tcg_thread=single
     fi
     accel_args=(-accel "tcg,thread=$tcg_thread" -cpu max)
+    ((icount)) && accel_args+=(-icount shift=0,sleep=off,align=off)
 fi
 
 serial="${log:-$tmp/serial}"

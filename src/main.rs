@@ -27,6 +27,7 @@ use core::fmt::Write;
 use hyperbatch::acpi_tables::Tables;
 use hyperbatch::cmdline::{self, Config, Run};
 use hyperbatch::frames::{Range, MAX_RESERVED};
+use hyperbatch::hypervisor::TscUnit;
 use hyperbatch::pvh::{self, BootInfo};
 use hyperbatch::sync::Once;
 use x86_64::PhysAddr;
@@ -101,17 +102,16 @@ extern "C" fn bsp_main() -> ! {
     interrupts::load();
 
     let acpi = platform::parse_acpi(boot.acpi.as_ref());
-    let host = platform::detect_host(acpi.as_ref());
+    let host = platform::detect_host(acpi.as_ref(), config.icount);
     let want_x2apic = host.info.has_x2apic;
     apic::init_this_cpu(true, want_x2apic);
     // SAFETY: still the boot CPU's own slot; now with its real APIC ID.
     unsafe { percpu::init_this_cpu(0, apic::id()) };
     log::info!(
-        "{} on {}, TSC {} Hz ({}), {} MiB RAM identity-mapped up to {} GiB, {} mode",
+        "{} on {}, {}, {} MiB RAM identity-mapped up to {} GiB, {} mode",
         host.info.cpu_model.as_str(),
         host.info.hypervisor,
-        host.tsc_hz,
-        host.tsc_source.name(),
+        platform::TscSummary(&host),
         boot.memory.ram_bytes / memory::MIB,
         boot.memory.identity_end / memory::GIB,
         apic::mode().name()
@@ -132,8 +132,14 @@ extern "C" fn bsp_main() -> ! {
             .u64("cpus_online", started.online as u64)?
             .u64s("cpus_failed", started.failed.iter().map(|&id| id as u64))?
             .str("hypervisor", host.info.hypervisor.name())?
-            .u64("tsc_hz", host.tsc_hz)?
-            .str("tsc_source", host.tsc_source.name())?
+            .str("tsc_unit", host.tsc_unit.name())?;
+        // Under icount the calibrated rate is the virtual clock's, not a
+        // CPU speed: it is left out rather than presented as one.
+        let r = match host.tsc_unit {
+            TscUnit::Cycles => r.u64("tsc_hz", host.tsc_hz)?,
+            TscUnit::Instructions => r.null("tsc_hz")?,
+        };
+        r.str("tsc_source", host.tsc_source.name())?
             .u64("mem_bytes", boot.memory.ram_bytes)?
             .u64("mem_free_bytes", boot.memory.free_bytes)?
             .strs(

@@ -6,7 +6,7 @@ use crate::arch::x86_64::{self as arch, power, tsc};
 use crate::memory::Identity;
 use hyperbatch::acpi_tables::{self, Cpu, Platform, Tables};
 use hyperbatch::cmdline::Inject;
-use hyperbatch::hypervisor::{self, HostInfo, TscSource};
+use hyperbatch::hypervisor::{self, HostInfo, TscSource, TscUnit};
 use x86_64::PhysAddr;
 
 /// The result of looking for ACPI: tables to reserve before the frame
@@ -70,17 +70,51 @@ pub fn cpus(platform: Option<&Platform>) -> &[Cpu] {
 
 pub struct Host {
     pub info: HostInfo,
+    /// Under icount this is the virtual clock's rate (1 GHz: one
+    /// instruction per nanosecond), good for delays and not a CPU speed.
     pub tsc_hz: u64,
     pub tsc_source: TscSource,
+    pub tsc_unit: TscUnit,
 }
 
-pub fn detect_host(platform: Option<&Platform>) -> Host {
+/// `icount`: the command line says the TSC counts instructions; a TSC that
+/// does not stops the boot with the readings that say so.
+pub fn detect_host(platform: Option<&Platform>, icount: bool) -> Host {
     let info = hypervisor::detect(&arch::cpuid);
     let (tsc_hz, tsc_source) =
         tsc::calibrate(&info, &arch::cpuid, platform.and_then(|p| p.pm_timer));
+    let tsc_unit = tsc::set_unit(icount).unwrap_or_else(|d| {
+        log::error!(
+            "icount is on the command line, but the TSC does not count instructions: it moved \
+             {}, {} and {} across {} nops (QEMU needs -icount shift=0; scripts/run-qemu.sh \
+             --icount passes it)",
+            d[0],
+            d[1],
+            d[2],
+            hypervisor::ICOUNT_CHECK_NOPS
+        );
+        power::exit(power::EXIT_FAILURE)
+    });
     Host {
         info,
         tsc_hz,
         tsc_source,
+        tsc_unit,
+    }
+}
+
+/// The TSC in the boot log's words: a frequency when it counts cycles, and
+/// no frequency posing as time when it counts instructions.
+pub struct TscSummary<'a>(pub &'a Host);
+
+impl core::fmt::Display for TscSummary<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let h = self.0;
+        match h.tsc_unit {
+            TscUnit::Cycles => write!(f, "TSC {} Hz ({})", h.tsc_hz, h.tsc_source.name()),
+            TscUnit::Instructions => f.write_str(
+                "TSC counts guest instructions (icount): figures are instruction counts, not time",
+            ),
+        }
     }
 }

@@ -30,16 +30,20 @@ use crate::{console, println};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hyperbatch::cmdline::{Backend, Config};
 use hyperbatch::hb::{self, Object};
+use hyperbatch::hypervisor::TscUnit;
 use hyperbatch::paging::Pte;
-use hyperbatch::queue::{Counters, Cr, INVLPG_CEILING, RING_CAPACITY};
+use hyperbatch::queue::{Counters, Cr, Trigger, INVLPG_CEILING, RING_CAPACITY};
 use hyperbatch::space::{self, WINDOW_BASE};
 use x86_64::instructions::port::Port;
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::VirtAddr;
 
-/// Bumped when a field of `result` or `env` changes meaning.
-pub const SCHEMA: u64 = 1;
+/// Bumped when a field of `result` or `env` changes meaning. Schema 2: a
+/// figure carries its `unit` (`instructions` under icount, else `cycles`)
+/// and its `scope`, and `per_op` holds the figure itself (median, p99, min
+/// and max over repetitions); the counters' ratios moved to `events_per_op`.
+pub const SCHEMA: u64 = 2;
 const PAGE: u64 = 4096;
 const MAX_REPS: usize = 64;
 
@@ -75,11 +79,14 @@ impl Params {
     }
 }
 
-/// Median and p99 of cycles per operation.
+/// TSC ticks per operation over the repetitions: cycles, or instructions
+/// under icount (see [`tsc::unit`]).
 #[derive(Clone, Copy)]
 pub struct Timing {
     pub median: f64,
     pub p99: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 /// Times `reps` runs of `f` (after `warmup` untimed ones); each run does
@@ -115,9 +122,12 @@ pub fn timing(samples: &mut [u64], ops: u64) -> Timing {
     let n = samples.len();
     let median = samples[n / 2];
     let p99 = samples[(n * 99).div_ceil(100).saturating_sub(1)];
+    let per = |x: u64| x as f64 / ops as f64;
     Timing {
-        median: median as f64 / ops as f64,
-        p99: p99 as f64 / ops as f64,
+        median: per(median),
+        p99: per(p99),
+        min: per(samples[0]),
+        max: per(samples[n - 1]),
     }
 }
 
@@ -153,7 +163,13 @@ fn counters_obj(
         .u64("ipis", c.ipis)?
         .u64("shootdowns", c.shootdowns)?
         .u64("fault_flushes", c.fault_flushes())?
-        .u64("frames_released", c.frames_released)?;
+        .u64("frames_released", c.frames_released)?
+        .object("flushes_by_trigger", |t| {
+            for trigger in Trigger::ALL {
+                t.u64(trigger.name(), c.flushes[trigger as usize])?;
+            }
+            Ok(())
+        })?;
     Ok(())
 }
 
@@ -164,8 +180,13 @@ pub fn emit(f: &Figure<'_>) {
     let (flushes, privileged) = f.counters.map_or((0.0, 0.0), |c| {
         (per(c.flushes_total()), per(c.privileged()))
     });
+    let unit = tsc::unit();
+    let short = match unit {
+        TscUnit::Cycles => "cyc/op",
+        TscUnit::Instructions => "ins/op",
+    };
     println!(
-        "  {:<9} {:<16} {:<9} b={:<4} v={:<2} {:>10.1} cyc/op (p99 {:>10.1}) {:>9.1} ns  flushes/op {:>7.4}  priv/op {:>7.3}",
+        "  {:<9} {:<16} {:<9} b={:<4} v={:<2} {:>10.1} {short} (p99 {:>10.1})  flushes/op {:>7.4}  priv/op {:>7.3}",
         f.suite,
         f.name,
         f.backend,
@@ -173,7 +194,6 @@ pub fn emit(f: &Figure<'_>) {
         f.vcpus,
         f.timing.median,
         f.timing.p99,
-        ns(f.timing.median),
         flushes,
         privileged
     );
@@ -186,18 +206,34 @@ pub fn emit(f: &Figure<'_>) {
             .u64("vcpus", f.vcpus)?
             .u64("ops", f.ops)?
             .u64("reps", f.reps)?
-            .object("cycles_per_op", |o| {
-                o.f64("median", f.timing.median)?.f64("p99", f.timing.p99)?;
+            .str("unit", unit.name())?
+            // Under icount the TSC advances with every vCPU's instructions:
+            // a figure is all guest instructions per operation, the other
+            // vCPUs' included. A cycle figure is time elapsed on this vCPU.
+            .str(
+                "scope",
+                match unit {
+                    TscUnit::Cycles => "elapsed",
+                    TscUnit::Instructions => "all_vcpus",
+                },
+            )?
+            .object("per_op", |o| {
+                o.f64("median", f.timing.median)?
+                    .f64("p99", f.timing.p99)?
+                    .f64("min", f.timing.min)?
+                    .f64("max", f.timing.max)?;
                 Ok(())
-            })?
-            .object("ns_per_op", |o| {
+            })?;
+        if unit == TscUnit::Cycles {
+            r.object("ns_per_op", |o| {
                 o.f64("median", ns(f.timing.median))?
                     .f64("p99", ns(f.timing.p99))?;
                 Ok(())
             })?;
+        }
         if let Some(c) = f.counters {
             r.object("counters", |o| counters_obj(o, c))?
-                .object("per_op", |o| {
+                .object("events_per_op", |o| {
                     o.f64_decimals("flushes", per(c.flushes_total()), 6)?
                         .f64_decimals("privileged", per(c.privileged()), 6)?
                         .f64_decimals("invalidations", per(c.invlpg + c.full_flushes), 6)?
@@ -221,7 +257,8 @@ fn progress(suite: &str, state: &str, seconds: f64) {
     });
 }
 
-/// The smallest step the TSC takes, in cycles (26 on QEMU TCG here).
+/// The smallest step the TSC takes, in its unit (26 cycles on QEMU TCG
+/// here; under icount, the instructions of one trip round the loop).
 fn tsc_resolution() -> u64 {
     let mut best = u64::MAX;
     for _ in 0..1000 {
@@ -251,9 +288,13 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
             )?
             .str("cpu_model", host.info.cpu_model.as_str())?
             .u64("vcpus", smp::online_count() as u64)?
-            .u64("tsc_hz", host.tsc_hz)?
-            .str("tsc_source", host.tsc_source.name())?
-            .u64("tsc_resolution_cycles", resolution)?
+            .str("unit", host.tsc_unit.name())?;
+        let r = match host.tsc_unit {
+            TscUnit::Cycles => r.u64("tsc_hz", host.tsc_hz)?,
+            TscUnit::Instructions => r.null("tsc_hz")?,
+        };
+        r.str("tsc_source", host.tsc_source.name())?
+            .u64("tsc_resolution", resolution)?
             .strs(
                 "pv_features",
                 host.info.pv_features.iter().flat_map(|f| f.iter_names()),
@@ -265,7 +306,12 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
             .bool("quick", p.quick)?;
         Ok(())
     });
-    println!("TSC resolution: {resolution} cycles; every figure times whole repetitions, median and p99 of {} after {} warm-up", p.reps, p.warmup);
+    println!(
+        "TSC resolution: {resolution} {}; every figure times whole repetitions, median and p99 of {} after {} warm-up",
+        host.tsc_unit.name(),
+        p.reps,
+        p.warmup
+    );
     type Suite = fn(&Params, &Host) -> Result<(), &'static str>;
     let suites: [(&str, Suite); 5] = [
         ("exits", exits),
@@ -659,12 +705,12 @@ fn floor_counters(name: &str, n: u64, b: u64, p: &Params) -> Counters {
     c.pte_writes = writes * batches;
     c.invlpg = inv * batches;
     c.full_flushes = full * batches;
-    c.flushes[hyperbatch::queue::Trigger::Explicit as usize] = flushes * batches;
+    c.flushes[Trigger::Explicit as usize] = flushes * batches;
     let reps = p.reps as u64;
     c.pte_writes *= reps;
     c.invlpg *= reps;
     c.full_flushes *= reps;
-    c.flushes[hyperbatch::queue::Trigger::Explicit as usize] *= reps;
+    c.flushes[Trigger::Explicit as usize] *= reps;
     c
 }
 

@@ -168,6 +168,11 @@ pub struct Config<'a> {
     /// CPU) masks interrupts and stops answering IPIs, so the watchdog must
     /// name it (fault injection).
     pub deaf_cpu: Option<u32>,
+    /// `icount` or `icount=0|1`: the host runs QEMU with `-icount shift=0`,
+    /// so the TSC counts guest instructions, not cycles. Benchmarks then
+    /// report instructions per operation (exact and repeatable), and the
+    /// boot checks that the TSC really counts instructions.
+    pub icount: bool,
 }
 
 impl Default for Config<'_> {
@@ -187,6 +192,7 @@ impl Default for Config<'_> {
             soak: false,
             inject: None,
             deaf_cpu: None,
+            icount: false,
         }
     }
 }
@@ -359,6 +365,16 @@ pub const KEYS: &[Key] = &[
             })
         },
     },
+    Key {
+        name: "icount",
+        expected: "0 or 1 (or a bare icount)",
+        bare: Some("1"),
+        set: |c, v| match v {
+            "0" => Some(Config { icount: false, ..c }),
+            "1" => Some(Config { icount: true, ..c }),
+            _ => None,
+        },
+    },
 ];
 
 // Duplicates are tracked in a u64 bitmask indexed by table position.
@@ -475,13 +491,14 @@ mod tests {
         );
         assert!(!c.soak && !c.no_shootdown);
         assert_eq!((c.inject, c.deaf_cpu), (None, None));
+        assert!(!c.icount);
     }
 
     #[test]
     fn every_key_parses() {
         let line = "run=bench pv=immediate test=paging.map seed=0x1F ops=1000 quick \
                     suite=mmu log=debug fail_alloc_at=17 skip_cpu=1 no_shootdown soak \
-                    inject=madt_checksum deaf_cpu=3";
+                    inject=madt_checksum deaf_cpu=3 icount";
         let c = parse(line).unwrap();
         assert_eq!(
             c,
@@ -500,6 +517,7 @@ mod tests {
                 soak: true,
                 inject: Some(Inject::MadtChecksum),
                 deaf_cpu: Some(3),
+                icount: true,
             }
         );
         // Names borrow from the input.

@@ -365,6 +365,43 @@ impl TscSource {
     }
 }
 
+/// What one TSC tick is. Under QEMU's `-icount shift=0` the guest TSC
+/// advances by exactly one per guest instruction (every vCPU's, in
+/// single-threaded TCG), so figures become instruction counts: exact and
+/// the same on every boot, but not time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TscUnit {
+    Cycles,
+    Instructions,
+}
+
+impl TscUnit {
+    /// The name used in `HB` records (`"unit"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TscUnit::Cycles => "cycles",
+            TscUnit::Instructions => "instructions",
+        }
+    }
+}
+
+/// Instructions the kernel's check runs between its two TSC reads: a block
+/// of this many `nop`s (tsc.rs), plus the few instructions around it.
+pub const ICOUNT_CHECK_NOPS: u64 = 1000;
+/// The instructions around the block that icount may count with it: the
+/// moves that save the first reading and the second `rdtsc`.
+pub const ICOUNT_CHECK_SLACK: u64 = 8;
+
+/// True when TSC deltas read across [`ICOUNT_CHECK_NOPS`] straight-line
+/// instructions say the TSC counts instructions: every reading the same and
+/// within the slack. A cycle-counting TSC varies between readings, and
+/// lands in that narrow window only by chance, so three readings are taken.
+pub fn tsc_counts_instructions(deltas: &[u64]) -> bool {
+    let lo = ICOUNT_CHECK_NOPS;
+    let hi = ICOUNT_CHECK_NOPS + ICOUNT_CHECK_SLACK;
+    !deltas.is_empty() && deltas.iter().all(|&d| d == deltas[0]) && (lo..=hi).contains(&deltas[0])
+}
+
 impl fmt::Display for TscSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -460,6 +497,24 @@ pub fn tsc_from_cpuid(c: &impl Cpuid) -> Option<(u64, TscSource)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icount_check_needs_equal_readings_in_the_window() {
+        assert!(tsc_counts_instructions(&[1002, 1002, 1002]));
+        assert!(
+            !tsc_counts_instructions(&[1002, 1003, 1002]),
+            "a cycle counter wobbles"
+        );
+        assert!(
+            !tsc_counts_instructions(&[350, 350, 350]),
+            "too few ticks for the block"
+        );
+        assert!(
+            !tsc_counts_instructions(&[1100, 1100, 1100]),
+            "outside the slack"
+        );
+        assert!(!tsc_counts_instructions(&[]));
+    }
     use std::collections::HashMap;
 
     /// A CPUID table. Leaves not listed return zeros, as leaves above a

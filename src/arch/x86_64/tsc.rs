@@ -7,14 +7,15 @@
 //! channel 0 read back through its latch (QEMU microvm has a PIT but no
 //! port-0x61 gate, so the classic gate-based calibration cannot run there).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hyperbatch::acpi_tables::{PmTimer, Reg};
-use hyperbatch::hypervisor::{self, HostInfo, Hypervisor, TscSource};
+use hyperbatch::hypervisor::{self, HostInfo, Hypervisor, TscSource, TscUnit};
 use hyperbatch::phys::PhysMemory;
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+static COUNTS_INSTRUCTIONS: AtomicBool = AtomicBool::new(false);
 
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no memory effects; CR4.TSD is clear in ring 0 anyway.
@@ -27,6 +28,62 @@ pub fn hz() -> u64 {
         0 => 1_000_000_000,
         hz => hz,
     }
+}
+
+/// What a TSC tick is in this run (set once at boot by [`set_unit`]).
+pub fn unit() -> TscUnit {
+    if COUNTS_INSTRUCTIONS.load(Ordering::Relaxed) {
+        TscUnit::Instructions
+    } else {
+        TscUnit::Cycles
+    }
+}
+
+/// TSC ticks across a block of [`hypervisor::ICOUNT_CHECK_NOPS`] `nop`s.
+fn ticks_over_nops() -> u64 {
+    let (lo0, hi0, lo1, hi1): (u32, u32, u32, u32);
+    // SAFETY: RDTSC and NOP touch no memory and no state but the registers
+    // named here.
+    unsafe {
+        core::arch::asm!(
+            "rdtsc",
+            "mov {lo0:e}, eax",
+            "mov {hi0:e}, edx",
+            ".rept 1000",
+            "nop",
+            ".endr",
+            "rdtsc",
+            lo0 = out(reg) lo0,
+            hi0 = out(reg) hi0,
+            out("eax") lo1,
+            out("edx") hi1,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    let t0 = (hi0 as u64) << 32 | lo0 as u64;
+    let t1 = (hi1 as u64) << 32 | lo1 as u64;
+    t1.wrapping_sub(t0)
+}
+const _: () = assert!(hypervisor::ICOUNT_CHECK_NOPS == 1000, "the .rept above");
+
+/// Records whether the TSC counts instructions (`icount` on the command
+/// line) after checking that it does: a run that claims counted figures on a
+/// cycle-counting TSC would publish timings as exact counts. Without the
+/// key, a TSC that counts instructions only earns a warning.
+pub fn set_unit(icount: bool) -> Result<TscUnit, [u64; 3]> {
+    let deltas = [ticks_over_nops(), ticks_over_nops(), ticks_over_nops()];
+    let counts = hypervisor::tsc_counts_instructions(&deltas);
+    if icount && !counts {
+        return Err(deltas);
+    }
+    if !icount && counts {
+        log::warn!(
+            "the TSC counts instructions (QEMU -icount?) but the command line lacks `icount`: \
+             figures are labelled cycles and are not"
+        );
+    }
+    COUNTS_INSTRUCTIONS.store(icount, Ordering::Relaxed);
+    Ok(unit())
 }
 
 /// Busy-waits for `us` microseconds.

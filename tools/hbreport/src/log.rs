@@ -20,7 +20,7 @@ pub const PREFIX: &str = "HB ";
 
 /// The `schema` of `result` and `env` records this tool understands (the
 /// kernel's `bench::SCHEMA`).
-pub const SCHEMA: u64 = 1;
+pub const SCHEMA: u64 = 2;
 
 /// Why a log cannot be used.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,11 +48,16 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// A median and a 99th percentile.
+/// A median and a 99th percentile, and (for the figure itself) the least
+/// and the greatest repetition.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
     pub median: f64,
     pub p99: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
 }
 
 /// The queue's counters, totals over all measured operations and reps.
@@ -93,12 +98,19 @@ pub struct Figure {
     pub vcpus: u64,
     pub ops: u64,
     pub reps: u64,
-    pub cycles_per_op: Stat,
-    pub ns_per_op: Stat,
+    /// `instructions` (icount: exact counts) or `cycles` (TSC time).
+    pub unit: String,
+    /// `all_vcpus` (icount counts every vCPU's instructions) or `elapsed`.
+    pub scope: String,
+    /// The figure: TSC ticks per operation, in `unit`.
+    pub per_op: Stat,
+    /// Only for `cycles`, when the TSC frequency is known.
+    #[serde(default)]
+    pub ns_per_op: Option<Stat>,
     #[serde(default)]
     pub counters: Option<Counters>,
     #[serde(default)]
-    pub per_op: Option<PerOp>,
+    pub events_per_op: Option<PerOp>,
     #[serde(default)]
     pub checksum: Option<String>,
 }
@@ -119,25 +131,27 @@ impl Figure {
     /// Privileged operations per operation: the guest's figure when it sent
     /// one, else the sum the kernel uses (`queue::Counters::privileged`).
     pub fn privileged_per_op(&self) -> Option<f64> {
-        self.per_op.map(|p| p.privileged).or_else(|| {
+        self.events_per_op.map(|p| p.privileged).or_else(|| {
             self.per(|c| c.pte_writes + c.invlpg + c.full_flushes + c.cr_writes + c.ipis)
         })
     }
 
     pub fn flushes_per_op(&self) -> Option<f64> {
-        self.per_op
+        self.events_per_op
             .map(|p| p.flushes)
             .or_else(|| self.per(|c| c.flushes))
     }
 
     pub fn invalidations_per_op(&self) -> Option<f64> {
-        self.per_op
+        self.events_per_op
             .map(|p| p.invalidations)
             .or_else(|| self.per(|c| c.invlpg + c.full_flushes))
     }
 
     pub fn ipis_per_op(&self) -> Option<f64> {
-        self.per_op.map(|p| p.ipis).or_else(|| self.per(|c| c.ipis))
+        self.events_per_op
+            .map(|p| p.ipis)
+            .or_else(|| self.per(|c| c.ipis))
     }
 
     fn check(&self) -> Result<(), String> {
@@ -159,14 +173,22 @@ impl Figure {
                 self.batch, self.vcpus
             ));
         }
+        if self.unit != "instructions" && self.unit != "cycles" {
+            return Err(format!(
+                "unit {:?}: expected \"instructions\" or \"cycles\"",
+                self.unit
+            ));
+        }
+        let ns = self.ns_per_op.iter();
         for (field, v) in [
-            ("cycles_per_op.median", self.cycles_per_op.median),
-            ("cycles_per_op.p99", self.cycles_per_op.p99),
-            ("ns_per_op.median", self.ns_per_op.median),
-            ("ns_per_op.p99", self.ns_per_op.p99),
-        ] {
+            ("per_op.median", self.per_op.median),
+            ("per_op.p99", self.per_op.p99),
+        ]
+        .into_iter()
+        .chain(ns.flat_map(|n| [("ns_per_op.median", n.median), ("ns_per_op.p99", n.p99)]))
+        {
             if !v.is_finite() || v < 0.0 {
-                return Err(format!("{field} is {v}, not a time"));
+                return Err(format!("{field} is {v}, not a count"));
             }
         }
         Ok(())
@@ -185,7 +207,9 @@ pub struct Env {
     pub vcpus: Option<u64>,
     pub tsc_hz: Option<u64>,
     pub tsc_source: Option<String>,
-    pub tsc_resolution_cycles: Option<u64>,
+    /// The TSC's unit: `instructions` under icount, else `cycles`.
+    pub unit: Option<String>,
+    pub tsc_resolution: Option<u64>,
     pub pv_features: Vec<String>,
     pub git_rev: Option<String>,
     pub ring_capacity: Option<u64>,
@@ -205,7 +229,7 @@ pub struct Progress {
 /// What a record is, for the events this tool uses.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
-    Env(Env),
+    Env(Box<Env>),
     Result(Box<Figure>),
     Progress(Progress),
     Exit {
@@ -309,7 +333,7 @@ fn parse_record(line: usize, json: &str) -> Result<Record, String> {
                     "env record: schema {s} (this hbreport reads schema {SCHEMA})"
                 ));
             }
-            Kind::Env(env)
+            Kind::Env(Box::new(env))
         }
         "progress" => Kind::Progress(
             serde_json::from_value(value.clone())
@@ -341,7 +365,7 @@ impl Log {
     /// The last `env` record.
     pub fn env(&self) -> Option<&Env> {
         self.records.iter().rev().find_map(|r| match &r.kind {
-            Kind::Env(e) => Some(e),
+            Kind::Env(e) => Some(e.as_ref()),
             _ => None,
         })
     }

@@ -93,7 +93,7 @@ fn series(figs: &[&Figure], backend: &str, x: impl Fn(&Figure) -> u64) -> Vec<(f
     let mut pts: Vec<(u64, f64)> = Vec::new();
     for f in figs.iter().filter(|f| f.backend == backend) {
         let key = x(f);
-        let y = f.cycles_per_op.median.max(f64::MIN_POSITIVE);
+        let y = f.per_op.median.max(f64::MIN_POSITIVE);
         match pts.iter_mut().find(|(k, _)| *k == key) {
             Some(p) => p.1 = y,
             None => pts.push((key, y)),
@@ -128,7 +128,7 @@ fn mm_plot(path: &Path, name: &str, figs: &[&Figure]) -> DrawResult {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let (x0, x1) = log_range(figs.iter().map(|f| f.batch as f64), 1.4);
-    let (y0, y1) = log_range(figs.iter().map(|f| f.cycles_per_op.median), 2.0);
+    let (y0, y1) = log_range(figs.iter().map(|f| f.per_op.median), 2.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!("mm {name}: cycles per operation against batch size"),
@@ -195,7 +195,7 @@ fn smp_plot(path: &Path, figs: &[&Figure]) -> DrawResult {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let vmax = figs.iter().map(|f| f.vcpus).max().unwrap_or(1).max(2);
-    let (y0, y1) = log_range(figs.iter().map(|f| f.cycles_per_op.median), 2.0);
+    let (y0, y1) = log_range(figs.iter().map(|f| f.per_op.median), 2.0);
     let batch = figs.iter().map(|f| f.batch).max().unwrap_or(0);
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -264,7 +264,7 @@ pub fn workload_bars(log: &Log) -> Vec<Bar> {
             let imm = log.find(&q("immediate"))?;
             let bat = log.find(&q("batched"))?;
             let checksums_match = matches!((&imm.checksum, &bat.checksum), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
-            Some(Bar { name: name.to_string(), ratio: imm.ns_per_op.median / bat.ns_per_op.median, checksums_match })
+            Some(Bar { name: name.to_string(), ratio: imm.per_op.median / bat.per_op.median, checksums_match })
         })
         .collect()
 }

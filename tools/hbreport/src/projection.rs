@@ -115,7 +115,7 @@ impl MeasuredCosts {
                         name: Some(name),
                         ..Query::default()
                     })
-                    .map(|f| (*op, f.cycles_per_op.median))
+                    .map(|f| (*op, f.per_op.median))
                 })
             })
             .collect();
@@ -210,7 +210,7 @@ pub fn project(log: &Log) -> Projection {
                 backend: f.backend.clone(),
                 batch: f.batch,
                 counts,
-                measured_cycles: f.cycles_per_op.median,
+                measured_cycles: f.per_op.median,
                 projected,
             })
         })

@@ -42,6 +42,11 @@ pub fn thousands(x: f64) -> String {
     }
 }
 
+/// Nanoseconds, when the figure has them (a counted figure has none).
+fn ns(x: Option<f64>) -> String {
+    x.map_or_else(|| "—".into(), thousands)
+}
+
 /// A ratio: "24.3x".
 pub fn ratio(x: f64) -> String {
     if !x.is_finite() {
@@ -140,7 +145,7 @@ fn environment(s: &mut String, log: &Log, host: &Host) {
             "{:.3} GHz, from {}, ticks in steps of {} cycles",
             hz as f64 / 1e9,
             opt(env.tsc_source.clone()),
-            opt(env.tsc_resolution_cycles)
+            opt(env.tsc_resolution)
         ),
         None => "unknown".into(),
     };
@@ -321,10 +326,10 @@ fn exits_table(s: &mut String, log: &Log) {
             s,
             "| {} | {} | {} | {} | {} | {} × {} |",
             cell(&f.name),
-            thousands(f.cycles_per_op.median),
-            thousands(f.cycles_per_op.p99),
-            thousands(f.ns_per_op.median),
-            thousands(f.ns_per_op.p99),
+            thousands(f.per_op.median),
+            thousands(f.per_op.p99),
+            ns(f.ns_per_op.map(|n| n.median)),
+            ns(f.ns_per_op.map(|n| n.p99)),
             f.ops,
             f.reps
         );
@@ -346,9 +351,7 @@ fn vs_immediate(log: &Log, f: &Figure) -> String {
         vcpus: Some(f.vcpus),
     };
     match log.find(&q) {
-        Some(imm) if f.cycles_per_op.median > 0.0 => {
-            ratio(imm.cycles_per_op.median / f.cycles_per_op.median)
-        }
+        Some(imm) if f.per_op.median > 0.0 => ratio(imm.per_op.median / f.per_op.median),
         _ => "—".into(),
     }
 }
@@ -385,10 +388,10 @@ fn per_op_table(s: &mut String, log: &Log, figs: &[&Figure]) {
             cell(&f.backend),
             f.batch,
             f.vcpus,
-            thousands(f.cycles_per_op.median),
-            thousands(f.cycles_per_op.p99),
-            thousands(f.ns_per_op.median),
-            thousands(f.ns_per_op.p99),
+            thousands(f.per_op.median),
+            thousands(f.per_op.p99),
+            ns(f.ns_per_op.map(|n| n.median)),
+            ns(f.ns_per_op.map(|n| n.p99)),
             count(f.flushes_per_op()),
             count(f.privileged_per_op()),
             count(f.invalidations_per_op()),
@@ -417,9 +420,9 @@ fn smp_table(s: &mut String, log: &Log) {
             cell(&f.backend),
             f.vcpus,
             f.batch,
-            thousands(f.cycles_per_op.median),
-            thousands(f.cycles_per_op.p99),
-            thousands(f.ns_per_op.median),
+            thousands(f.per_op.median),
+            thousands(f.per_op.p99),
+            ns(f.ns_per_op.map(|n| n.median)),
             count(f.ipis_per_op()),
             count(f.per(|c| c.shootdowns)),
             count(f.privileged_per_op()),
@@ -450,9 +453,9 @@ fn workload_table(s: &mut String, log: &Log) {
                 cell(&f.name),
                 cell(&f.backend),
                 f.vcpus,
-                thousands(f.ns_per_op.median),
-                thousands(f.ns_per_op.p99),
-                thousands(f.cycles_per_op.median),
+                ns(f.ns_per_op.map(|n| n.median)),
+                ns(f.ns_per_op.map(|n| n.p99)),
+                thousands(f.per_op.median),
                 count(f.flushes_per_op()),
                 count(f.privileged_per_op()),
                 f.checksum

@@ -196,7 +196,7 @@ fn speedup_why(imm: &Figure, bat: &Figure, time_ratio: f64) -> String {
              this platform does not charge as transitions.",
             ratio(count_ratio),
             ratio(time_ratio),
-            thousands(bat.cycles_per_op.median)
+            thousands(bat.per_op.median)
         );
     }
     s
@@ -243,7 +243,7 @@ fn speedup_1_vcpu(log: &Log, cap: Option<u64>) -> Target {
     match find_pair(log, q, "immediate", "batched") {
         Err(what) => missing(title, req, what),
         Ok((imm, bat)) => {
-            let r = imm.cycles_per_op.median / bat.cycles_per_op.median;
+            let r = imm.per_op.median / bat.per_op.median;
             let (status, margin) = at_least(r, MIN_SPEEDUP_1_VCPU);
             let why = (status == Status::NotMet).then(|| speedup_why(imm, bat, r));
             Target {
@@ -253,8 +253,8 @@ fn speedup_1_vcpu(log: &Log, cap: Option<u64>) -> Target {
                 measured: format!(
                     "{} ({} vs {} cycles/op, batch {cap})",
                     ratio(r),
-                    thousands(imm.cycles_per_op.median),
-                    thousands(bat.cycles_per_op.median)
+                    thousands(imm.per_op.median),
+                    thousands(bat.per_op.median)
                 ),
                 margin,
                 why,
@@ -282,7 +282,7 @@ fn speedup_smp(log: &Log) -> Target {
             missing(title, req, what)
         }
         Ok((imm, bat)) => {
-            let r = imm.cycles_per_op.median / bat.cycles_per_op.median;
+            let r = imm.per_op.median / bat.per_op.median;
             let (status, margin) = at_least(r, MIN_SPEEDUP_SMP);
             let why = (status == Status::NotMet).then(|| speedup_why(imm, bat, r));
             Target {
@@ -292,8 +292,8 @@ fn speedup_smp(log: &Log) -> Target {
                 measured: format!(
                     "{} ({} vs {} cycles/page)",
                     ratio(r),
-                    thousands(imm.cycles_per_op.median),
-                    thousands(bat.cycles_per_op.median)
+                    thousands(imm.per_op.median),
+                    thousands(bat.per_op.median)
                 ),
                 margin,
                 why,
@@ -318,7 +318,7 @@ fn over_floor(log: &Log, name: &str, cap: Option<u64>) -> Target {
     match find_pair(log, q, "batched", "floor") {
         Err(what) => missing(title, req, what),
         Ok((bat, floor)) => {
-            let r = bat.cycles_per_op.median / floor.cycles_per_op.median;
+            let r = bat.per_op.median / floor.per_op.median;
             let (status, margin) = if r <= MAX_OVER_FLOOR {
                 (
                     Status::Met,
@@ -341,11 +341,11 @@ fn over_floor(log: &Log, name: &str, cap: Option<u64>) -> Target {
                 )
             };
             let why = (status == Status::NotMet).then(|| {
-                let extra = bat.cycles_per_op.median - floor.cycles_per_op.median;
+                let extra = bat.per_op.median - floor.per_op.median;
                 let mut s = format!(
                     "the queue adds {} cycles/op over the raw stores ({:.0}% of batched's time)",
                     thousands(extra),
-                    extra / bat.cycles_per_op.median * 100.0
+                    extra / bat.per_op.median * 100.0
                 );
                 if let (Some(pb), Some(pf)) = (bat.privileged_per_op(), floor.privileged_per_op()) {
                     if pb > pf * 1.05 {
@@ -370,8 +370,8 @@ fn over_floor(log: &Log, name: &str, cap: Option<u64>) -> Target {
                 measured: format!(
                     "{} ({} vs {} cycles/op)",
                     ratio(r),
-                    thousands(bat.cycles_per_op.median),
-                    thousands(floor.cycles_per_op.median)
+                    thousands(bat.per_op.median),
+                    thousands(floor.per_op.median)
                 ),
                 margin,
                 why,
@@ -470,7 +470,7 @@ fn workload(log: &Log, name: &str) -> Target {
         Err(what) => return missing(title, req, what),
         Ok(p) => p,
     };
-    let r = imm.ns_per_op.median / bat.ns_per_op.median;
+    let r = imm.per_op.median / bat.per_op.median;
     let sums = (imm.checksum.as_deref(), bat.checksum.as_deref());
     let same = matches!(sums, (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
     let sum_text = match sums {
@@ -512,10 +512,11 @@ fn workload(log: &Log, name: &str) -> Target {
         requirement: req,
         status,
         measured: format!(
-            "{} ({} vs {} ns)",
+            "{} ({} vs {} {} per write)",
             ratio(r),
-            thousands(imm.ns_per_op.median),
-            thousands(bat.ns_per_op.median)
+            thousands(imm.per_op.median),
+            thousands(bat.per_op.median),
+            bat.unit
         ),
         margin,
         why,

@@ -30,9 +30,10 @@ fn result_line(
     counters: Value,
 ) -> String {
     let mut v = json!({
-        "event": "result", "schema": 1, "suite": suite, "name": name, "backend": backend,
+        "event": "result", "schema": 2, "suite": suite, "name": name, "backend": backend,
         "batch": batch, "vcpus": vcpus, "ops": 100, "reps": 10,
-        "cycles_per_op": {"median": cycles, "p99": cycles * 1.1},
+        "unit": "cycles", "scope": "elapsed",
+        "per_op": {"median": cycles, "p99": cycles * 1.1},
         "ns_per_op": {"median": cycles / 2.0, "p99": cycles * 0.55},
         "counters": counters,
     });
@@ -45,7 +46,7 @@ fn result_line(
 fn env_line(ring: u64) -> String {
     format!(
         "HB {}",
-        json!({"event":"env","schema":1,"hypervisor":"tcg","vcpus":2,"ring_capacity":ring})
+        json!({"event":"env","schema":2,"hypervisor":"tcg","vcpus":2,"ring_capacity":ring})
     )
 }
 
@@ -87,7 +88,7 @@ fn sample_parses_every_record_and_skips_the_garbled_line_by_number() {
     assert_eq!(log.exit_status(), Some(0));
     let env = log.env().expect("env record");
     assert_eq!(env.ring_capacity, Some(256));
-    assert_eq!(env.tsc_resolution_cycles, Some(26));
+    assert_eq!(env.tsc_resolution, Some(26));
     assert_eq!(env.quick, Some(false));
 }
 
@@ -112,7 +113,7 @@ fn sample_has_every_suite_and_crlf_lines_parse() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(cpuid.cycles_per_op.median, 182.0);
+    assert_eq!(cpuid.per_op.median, 182.0);
     let w = log.find(&log::Query {
         suite: Some("workload"),
         name: Some("arena"),
@@ -148,11 +149,11 @@ fn malformed_records_name_the_problem() {
         ("HB {\"suite\":\"mm\"}".into(), "no \"event\""),
         ("HB {\"event\":7}".into(), "not a string"),
         (good.replace("\"batch\":1,", ""), "missing field `batch`"),
-        (good.replace("\"schema\":1", "\"schema\":2"), "schema 2"),
+        (good.replace("\"schema\":2", "\"schema\":1"), "schema 1"),
         (good.replace("\"reps\":10", "\"reps\":0"), "reps=0"),
         (
             good.replace("\"median\":10.0", "\"median\":-10.0"),
-            "cycles_per_op.median is -10",
+            "per_op.median is -10",
         ),
         (
             "HB {\"event\":\"exit\",\"status\":\"ok\"}".into(),
