@@ -31,9 +31,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hyperbatch::cmdline::{Backend, Config};
 use hyperbatch::hb::{self, Object};
 use hyperbatch::hypervisor::TscUnit;
-use hyperbatch::paging::Pte;
-use hyperbatch::queue::{Counters, Cr, Trigger, INVLPG_CEILING, RING_CAPACITY};
-use hyperbatch::space::{self, WINDOW_BASE};
+use hyperbatch::mm::WINDOW_BASE;
+use hyperbatch::queue::{Counters, Cr, Invalidation, Trigger, INVLPG_CEILING, RING_CAPACITY};
 use x86_64::instructions::port::Port;
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::{Page, PhysFrame};
@@ -108,14 +107,35 @@ pub fn measure_counted(
     }
     let before = counters();
     let mut samples: heapless::Vec<u64, MAX_REPS> = heapless::Vec::new();
+    hb_prof_on();
     for _ in 0..p.reps.min(MAX_REPS) {
         let t0 = tsc::rdtsc();
         f();
         let _ = samples.push(tsc::rdtsc() - t0);
     }
+    hb_prof_off();
     let moved = counters().since(&before);
     (timing(&mut samples, ops), moved)
 }
+
+/// Marks the start of a figure's timed repetitions, for a guest profiler
+/// (a TCG plugin that counts instructions per calling context between the
+/// two marks; the n-th call opens section n). Costs a call and a return.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn hb_prof_on() {
+    // Distinct bodies, so the linker cannot fold the two marks into one.
+    PROF_MARKS[0].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Marks the end of the timed repetitions (see [`hb_prof_on`]).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn hb_prof_off() {
+    PROF_MARKS[1].fetch_add(1, Ordering::Relaxed);
+}
+
+static PROF_MARKS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 
 pub fn timing(samples: &mut [u64], ops: u64) -> Timing {
     samples.sort_unstable();
@@ -421,15 +441,14 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
     let va = VirtAddr::new(WINDOW_BASE + (40 << 30));
     mm::map_anon(va, 1, Prot::READ_WRITE).map_err(|_| "map for pte_write")?;
     mm::flush();
-    let entry = mm::hw_entry(va).ok_or("no leaf entry")?;
-    let ptr = entry.as_u64() as *mut u64;
+    // SAFETY: the entry gets back the value it holds, so the mm finds it
+    // as it left it.
+    let entry = unsafe { mm::raw_entry(va) }.ok_or("no leaf entry")?;
     one(
         "pte_write",
         measure(p, k, || {
             for _ in 0..k {
-                // SAFETY: the entry belongs to our own mapping; storing its
-                // current value back changes nothing.
-                unsafe { ptr.write_volatile(ptr.read_volatile()) };
+                entry.store(entry.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }),
     );
@@ -502,19 +521,34 @@ impl Drop for Pool {
     }
 }
 
+/// Page `i` of a benchmark region. The regions lie inside the window, so
+/// the sums are canonical and the unchecked constructor is exact (`+`
+/// re-checks, which the per-page loops would pay on every call).
+#[inline]
 fn va(base: VirtAddr, i: u64) -> VirtAddr {
-    base + i * PAGE
+    VirtAddr::new_truncate(base.as_u64() + i * PAGE)
 }
 
 fn page(base: VirtAddr, i: u64) -> Page {
     Page::containing_address(va(base, i))
 }
 
-fn pte(f: PhysFrame, prot: Prot) -> Pte {
-    space::pte(f, prot, false).expect("benchmark protections are valid")
+/// The leaf flags of a benchmark mapping (the frame's address goes in
+/// the rest of the entry).
+fn pte_flags(prot: Prot) -> u64 {
+    hyperbatch::mm::pte(
+        PhysFrame::containing_address(x86_64::PhysAddr::new(0)),
+        prot,
+        false,
+    )
+    .expect("benchmark protections are valid")
+    .bits()
 }
 
-fn must(r: Result<(), space::Error>) {
+static FLOOR_ENTRIES: [core::sync::atomic::AtomicPtr<AtomicU64>; 4096] =
+    [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; 4096];
+
+fn must(r: Result<(), mm::Error>) {
     if let Err(e) = r {
         // A benchmark that cannot do its operations has no figure to give.
         panic!("benchmark mm operation failed: {e}");
@@ -526,6 +560,20 @@ fn touch(v: VirtAddr) {
     core::hint::black_box(unsafe { (v.as_u64() as *const u64).read_volatile() });
 }
 
+/// The `mm` figures, each one call shape:
+/// - `map_unmap`: one API call per page, as code that maps page by page;
+/// - `map_unmap_range`: one call per batch, the queue's own cost with
+///   little API overhead around it;
+/// - `map_touch_unmap`: per-page calls, every page read while mapped;
+/// - `protect` and `protect_range`: per-page calls and one call per batch.
+const MM_FIGURES: [&str; 5] = [
+    "map_unmap",
+    "map_unmap_range",
+    "map_touch_unmap",
+    "protect",
+    "protect_range",
+];
+
 fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     let n = p.pages;
     let base = VirtAddr::new(WINDOW_BASE + (32 << 30));
@@ -533,14 +581,42 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     let fr = &pool.frames;
     // Create the tables once, so no figure pays for them.
     mm::set_backend(Backend::Batched);
-    must(mm::map(base, fr, Prot::READ_WRITE));
+    // SAFETY: the pool's frames are the benchmark's until it is dropped,
+    // after the last unmap.
+    must(unsafe { mm::map(base, fr, Prot::READ_WRITE) });
     must(mm::unmap(base, n));
     mm::flush();
+    // The floor's entries, found before anything is timed: the floor is
+    // the bare stores and one flush per batch, no page-table code at all.
+    // (A static: the kernel stack has no room for 4096 pointers besides
+    // the pool; only the boot CPU runs this suite.)
+    if n as usize > FLOOR_ENTRIES.len() {
+        return Err("pool too large");
+    }
+    for i in 0..n {
+        // SAFETY: the floor leaves every entry as the mm expects between
+        // figures: empty after the map/unmap figures, mapped read+write
+        // with the pool's frame after the protect figures' fix-up below.
+        let e = unsafe { mm::raw_entry(va(base, i)) }.ok_or("no leaf entry")?;
+        FLOOR_ENTRIES[i as usize].store(e as *const AtomicU64 as *mut AtomicU64, Ordering::Relaxed);
+    }
+    let entry = |i: u64| -> &AtomicU64 {
+        // SAFETY: set above to entries of the window's tables, which live
+        // as long as the kernel.
+        unsafe { &*FLOOR_ENTRIES[i as usize].load(Ordering::Relaxed) }
+    };
+    let rw_flags = pte_flags(Prot::READ_WRITE);
+    let ro_flags = pte_flags(Prot::READ);
+    let value = |i: u64, flags: u64| fr[i as usize].start_address().as_u64() | flags;
+    let batches = |b: u64| (0..n).step_by(b as usize);
+    let flush_range = |c: u64, b: u64| {
+        let mut inv = Invalidation::none();
+        inv.add_range(page(base, c), b as u32);
+        mm::invalidate_now(&inv)
+    };
 
-    // `map_unmap` makes one API call per page, as code that maps page by
-    // page does; `map_unmap_range` one call per batch, which leaves the
-    // queue's own cost with little API overhead around it.
-    for name in ["map_unmap", "map_unmap_range", "map_touch_unmap", "protect"] {
+    for name in MM_FIGURES {
+        let protect = name.starts_with("protect");
         for b in batch_sizes() {
             for backend in ["immediate", "batched", "floor"] {
                 mm::set_backend(if backend == "immediate" {
@@ -548,121 +624,98 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                 } else {
                     Backend::Batched
                 });
-                if name == "protect" {
-                    must(mm::map(base, fr, Prot::READ_WRITE));
+                if protect {
+                    // SAFETY: as above.
+                    must(unsafe { mm::map(base, fr, Prot::READ_WRITE) });
                     mm::flush();
                 }
                 let mut flip = false;
-                let mut run_once = || match (name, backend) {
-                    ("map_unmap" | "map_unmap_range", "floor") => {
-                        for c in (0..n).step_by(b as usize) {
-                            let _ = mm::floor_write(2 * b as usize, |j| {
-                                let i = c + (j as u64 % b);
-                                (
-                                    page(base, i),
-                                    if (j as u64) < b {
-                                        pte(fr[i as usize], Prot::READ_WRITE)
-                                    } else {
-                                        Pte::EMPTY
-                                    },
-                                )
-                            });
-                        }
-                    }
-                    ("map_unmap", _) => {
-                        for c in (0..n).step_by(b as usize) {
-                            let _g = mm::batch();
-                            for i in c..c + b {
-                                must(mm::map(
-                                    va(base, i),
-                                    &fr[i as usize..=i as usize],
-                                    Prot::READ_WRITE,
-                                ));
+                let mut floor = Counters::ZERO;
+                let mut run_once = || {
+                    flip = !flip;
+                    let (prot, flags) = if flip {
+                        (Prot::READ, ro_flags)
+                    } else {
+                        (Prot::READ_WRITE, rw_flags)
+                    };
+                    for c in batches(b) {
+                        let pages = c..c + b;
+                        if backend == "floor" {
+                            if !protect {
+                                for i in pages.clone() {
+                                    entry(i).store(value(i, rw_flags), Ordering::Release);
+                                }
+                                if name == "map_touch_unmap" {
+                                    for i in pages.clone() {
+                                        touch(va(base, i));
+                                    }
+                                }
+                                for i in pages {
+                                    entry(i).store(0, Ordering::Release);
+                                }
+                            } else {
+                                for i in pages {
+                                    entry(i).store(value(i, flags), Ordering::Release);
+                                }
                             }
-                            for i in c..c + b {
-                                must(mm::unmap(va(base, i), 1));
-                            }
+                            floor.add(&flush_range(c, b));
+                            continue;
                         }
-                    }
-                    ("map_unmap_range", _) => {
-                        for c in (0..n).step_by(b as usize) {
-                            let _g = mm::batch();
-                            must(mm::map(
-                                va(base, c),
-                                &fr[c as usize..(c + b) as usize],
-                                Prot::READ_WRITE,
-                            ));
-                            must(mm::unmap(va(base, c), b));
-                        }
-                    }
-                    ("map_touch_unmap", "floor") => {
-                        for c in (0..n).step_by(b as usize) {
-                            let _ = mm::floor_write(b as usize, |j| {
-                                (
-                                    page(base, c + j as u64),
-                                    pte(fr[(c + j as u64) as usize], Prot::READ_WRITE),
-                                )
-                            });
-                            for i in c..c + b {
-                                touch(va(base, i));
+                        mm::batch(|| match name {
+                            "map_unmap" | "map_touch_unmap" => {
+                                for i in pages.clone() {
+                                    // SAFETY: the pool's frame, as above.
+                                    must(unsafe {
+                                        mm::map(
+                                            va(base, i),
+                                            &fr[i as usize..=i as usize],
+                                            Prot::READ_WRITE,
+                                        )
+                                    });
+                                }
+                                if name == "map_touch_unmap" {
+                                    for i in pages.clone() {
+                                        touch(va(base, i));
+                                    }
+                                }
+                                for i in pages {
+                                    must(mm::unmap(va(base, i), 1));
+                                }
                             }
-                            let _ = mm::floor_write(b as usize, |j| {
-                                (page(base, c + j as u64), Pte::EMPTY)
-                            });
-                        }
-                    }
-                    ("map_touch_unmap", _) => {
-                        for c in (0..n).step_by(b as usize) {
-                            let _g = mm::batch();
-                            for i in c..c + b {
-                                must(mm::map(
-                                    va(base, i),
-                                    &fr[i as usize..=i as usize],
-                                    Prot::READ_WRITE,
-                                ));
+                            "map_unmap_range" => {
+                                // SAFETY: the pool's frames, as above.
+                                must(unsafe {
+                                    mm::map(
+                                        va(base, c),
+                                        &fr[c as usize..(c + b) as usize],
+                                        Prot::READ_WRITE,
+                                    )
+                                });
+                                must(mm::unmap(va(base, c), b));
                             }
-                            for i in c..c + b {
-                                touch(va(base, i));
+                            "protect" => {
+                                for i in pages {
+                                    must(mm::protect(va(base, i), 1, prot));
+                                }
                             }
-                            for i in c..c + b {
-                                must(mm::unmap(va(base, i), 1));
-                            }
-                        }
-                    }
-                    (_, "floor") => {
-                        flip = !flip;
-                        let prot = if flip { Prot::READ } else { Prot::READ_WRITE };
-                        for c in (0..n).step_by(b as usize) {
-                            let _ = mm::floor_write(b as usize, |j| {
-                                (
-                                    page(base, c + j as u64),
-                                    pte(fr[(c + j as u64) as usize], prot),
-                                )
-                            });
-                        }
-                    }
-                    _ => {
-                        flip = !flip;
-                        let prot = if flip { Prot::READ } else { Prot::READ_WRITE };
-                        for c in (0..n).step_by(b as usize) {
-                            let _g = mm::batch();
-                            for i in c..c + b {
-                                must(mm::protect(va(base, i), 1, prot));
-                            }
-                        }
+                            _ => must(mm::protect(va(base, c), b, prot)),
+                        });
                     }
                 };
                 let (t, mut c) = measure_counted(p, n, mm::counters_all, &mut run_once);
                 if backend == "floor" {
-                    c = floor_counters(name, n, b, p);
+                    // What the floor issued over the measured repetitions
+                    // (the warm-up ones ran first).
+                    c = floor_counters(&floor, p);
                 }
                 mm::flush();
-                if name == "protect" {
-                    // The floor bypasses the logical tables: put the hardware
-                    // back to what they say (mapped read+write), then unmap.
-                    let _ = mm::floor_write(n as usize, |j| {
-                        (page(base, j as u64), pte(fr[j], Prot::READ_WRITE))
-                    });
+                if protect {
+                    // Back to mapped read+write (the floor wrote the
+                    // entries directly), then unmapped for the next figure.
+                    for i in 0..n {
+                        entry(i).store(value(i, rw_flags), Ordering::Release);
+                    }
+                    flush_range(0, n);
                     must(mm::unmap(base, n));
                     mm::flush();
                 }
@@ -685,32 +738,20 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// What the floor issues, counted the way the queue counts (floor_write
-/// returns it per call; the figure wants the total over the measured reps).
-fn floor_counters(name: &str, n: u64, b: u64, p: &Params) -> Counters {
-    let batches = n / b;
-    let mut c = Counters::default();
-    let invs = |pages: u64| {
-        if pages as usize > INVLPG_CEILING {
-            (0, 1)
-        } else {
-            (pages, 0)
-        }
-    };
-    let (writes, (inv, full), flushes) = match name {
-        "map_unmap" | "map_unmap_range" => (2 * b, invs(b), 1),
-        "map_touch_unmap" => (2 * b, invs(b), 2),
-        _ => (b, invs(b), 1),
-    };
-    c.pte_writes = writes * batches;
-    c.invlpg = inv * batches;
-    c.full_flushes = full * batches;
-    c.flushes[Trigger::Explicit as usize] = flushes * batches;
-    let reps = p.reps as u64;
-    c.pte_writes *= reps;
-    c.invlpg *= reps;
-    c.full_flushes *= reps;
-    c.flushes[Trigger::Explicit as usize] *= reps;
+/// The floor's counts over the measured repetitions only: `total` covers
+/// the warm-up too, and every repetition issues the same.
+fn floor_counters(total: &Counters, p: &Params) -> Counters {
+    let all = (p.warmup + p.reps.min(MAX_REPS)) as u64;
+    let measured = p.reps.min(MAX_REPS) as u64;
+    let mut c = Counters::ZERO;
+    let scale = |x: u64| x / all * measured;
+    for (a, b) in c.flushes.iter_mut().zip(total.flushes) {
+        *a = scale(b);
+    }
+    c.invlpg = scale(total.invlpg);
+    c.full_flushes = scale(total.full_flushes);
+    c.ipis = scale(total.ipis);
+    c.shootdowns = scale(total.shootdowns);
     c
 }
 
@@ -722,11 +763,17 @@ fn cpu_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     for b in batch_sizes() {
         for backend in ["immediate", "batched"] {
             let (t, c) = measure_counted(p, n, mm::counters, || {
-                for c in (0..n).step_by(b as usize) {
-                    let _g = (backend == "batched").then(mm::cpu_batch);
-                    for _ in c..c + b {
+                let writes = || {
+                    for _ in 0..b {
                         // SAFETY: CR4's current value, written back.
                         unsafe { mm::write_cr(Cr::Cr4, cr4) };
+                    }
+                };
+                for _ in (0..n).step_by(b as usize) {
+                    if backend == "batched" {
+                        mm::cpu_batch(writes);
+                    } else {
+                        writes();
                     }
                 }
             });
@@ -854,16 +901,18 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             let mut counters = Counters::default();
             let reps = p.reps.min(7);
             for rep in 0..p.warmup + reps {
-                must(mm::map(base, fr, Prot::READ));
+                // SAFETY: the pool's frames, the benchmark's until dropped.
+                must(unsafe { mm::map(base, fr, Prot::READ) });
                 mm::flush();
                 readers.settle();
                 let before = mm::counters();
                 let t0 = tsc::rdtsc();
                 for c in (0..n).step_by(b as usize) {
-                    let _g = mm::batch();
-                    for i in c..(c + b).min(n) {
-                        must(mm::unmap(va(base, i), 1));
-                    }
+                    mm::batch(|| {
+                        for i in c..(c + b).min(n) {
+                            must(mm::unmap(va(base, i), 1));
+                        }
+                    });
                 }
                 mm::flush();
                 let dt = tsc::rdtsc() - t0;

@@ -24,9 +24,9 @@ use crate::memory::{Identity, FRAMES};
 use crate::mm::{self, Protection as Prot};
 use crate::platform::Host;
 use hyperbatch::cmdline::Backend;
+use hyperbatch::mm::WINDOW_BASE;
 use hyperbatch::phys::PhysMemory;
 use hyperbatch::queue::Counters;
-use hyperbatch::space::WINDOW_BASE;
 use x86_64::structures::paging::PhysFrame;
 use x86_64::VirtAddr;
 
@@ -79,7 +79,7 @@ fn free_frame(f: PhysFrame) {
     }
 }
 
-fn must(r: Result<(), hyperbatch::space::Error>) -> Result<(), &'static str> {
+fn must(r: Result<(), hyperbatch::mm::Error>) -> Result<(), &'static str> {
     r.map_err(|e| {
         log::error!("workload mm operation failed: {e}");
         "mm operation failed"
@@ -101,15 +101,16 @@ fn cow_snapshot(pages: u64, writes: u64, seed: u64) -> Result<(u64, u64, u64), &
         originals.push(f).map_err(|_| "too many pages")?;
         copies.push(None).map_err(|_| "too many pages")?;
     }
-    must(mm::map(base, &originals, Prot::READ_WRITE))?;
+    // SAFETY: frames this run allocated, freed only after the unmap below.
+    must(unsafe { mm::map(base, &originals, Prot::READ_WRITE) })?;
     mm::flush();
     // The snapshot: write-protect the working set in one batch.
-    {
-        let _b = mm::batch();
+    mm::batch(|| {
         for i in 0..pages {
             must(mm::protect(base + i * PAGE, 1, Prot::READ))?;
         }
-    }
+        Ok::<(), &'static str>(())
+    })?;
     let mut rng = Rng(seed | 1);
     for _ in 0..writes {
         let r = rng.next();
@@ -131,14 +132,15 @@ fn cow_snapshot(pages: u64, writes: u64, seed: u64) -> Result<(u64, u64, u64), &
                 unsafe {
                     core::ptr::copy_nonoverlapping(frame_ptr(old), frame_ptr(new), WORDS as usize)
                 };
-                {
-                    let _b = mm::batch();
+                mm::batch(|| {
                     must(mm::unmap(base + i * PAGE, 1))?;
-                    must(mm::map(base + i * PAGE, &[new], Prot::READ_WRITE))?;
-                }
+                    // SAFETY: the copy is this run's frame, freed after the
+                    // final unmap.
+                    must(unsafe { mm::map(base + i * PAGE, &[new], Prot::READ_WRITE) })
+                })?;
                 copies[i as usize] = Some(new);
-                // SAFETY: now mapped writable (the fault-driven flush makes it
-                // visible if the batch left it pending).
+                // SAFETY: now mapped writable (the map's store is in place,
+                // and the re-map flushed the old read-only translation).
                 unsafe { probe_write(va, r) }.map_err(|_| "write after copy-on-write faulted")?;
             }
             Err(_) => return Err("unexpected fault in the mutator"),
@@ -184,32 +186,35 @@ fn arena(rounds: u64, grow: u64, keep: u64, seed: u64) -> Result<u64, &'static s
     let (mut lo, mut hi) = (0u64, 0u64); // live pages [lo, hi)
     let mut sum = 0xcbf2_9ce4_8422_2325u64;
     for _ in 0..rounds {
-        let _b = mm::batch();
-        for _ in 0..grow {
-            must(mm::map_anon(base + hi * PAGE, 1, Prot::READ_WRITE))?;
-            hi += 1;
-        }
-        // Real work: fill the new pages with records and fold in a sample
-        // of the older ones.
-        for pg in hi - grow..hi {
-            for w in (0..WORDS).step_by(8) {
-                let v = rng.next();
-                // SAFETY: mapped read+write just above (a pending map is
-                // flushed by the fault on first touch).
-                unsafe { ((base + pg * PAGE + w * 8).as_u64() as *mut u64).write_volatile(v) };
+        mm::batch(|| -> Result<(), &'static str> {
+            for _ in 0..grow {
+                must(mm::map_anon(base + hi * PAGE, 1, Prot::READ_WRITE))?;
+                hi += 1;
             }
-        }
-        for pg in lo..hi {
-            // SAFETY: live pages of the arena.
-            let v = unsafe {
-                ((base + pg * PAGE + ((pg * 7) % WORDS) * 8).as_u64() as *const u64).read_volatile()
-            };
-            sum = fnv(sum, v);
-        }
-        while hi - lo > keep {
-            must(mm::unmap(base + lo * PAGE, 1))?;
-            lo += 1;
-        }
+            // Real work: fill the new pages with records and fold in a sample
+            // of the older ones.
+            for pg in hi - grow..hi {
+                for w in (0..WORDS).step_by(8) {
+                    let v = rng.next();
+                    // SAFETY: mapped read+write just above (the store is in
+                    // place, so the first touch needs no flush).
+                    unsafe { ((base + pg * PAGE + w * 8).as_u64() as *mut u64).write_volatile(v) };
+                }
+            }
+            for pg in lo..hi {
+                // SAFETY: live pages of the arena.
+                let v = unsafe {
+                    ((base + pg * PAGE + ((pg * 7) % WORDS) * 8).as_u64() as *const u64)
+                        .read_volatile()
+                };
+                sum = fnv(sum, v);
+            }
+            while hi - lo > keep {
+                must(mm::unmap(base + lo * PAGE, 1))?;
+                lo += 1;
+            }
+            Ok(())
+        })?;
     }
     must(mm::unmap(base + lo * PAGE, hi - lo))?;
     mm::flush();

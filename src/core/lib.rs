@@ -7,7 +7,7 @@
 //! boot structures ([`pvh`], [`cmdline`]) → physical memory ([`frames`]) →
 //! page tables ([`paging`]) → firmware tables ([`acpi_tables`]) → hypervisor
 //! detection ([`hypervisor`]) → the hypercall queue ([`queue`]) and the mm
-//! window it batches for ([`space`]) → serial records ([`hb`]).
+//! core that batches through it ([`mm`]) → serial records ([`hb`]).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -16,12 +16,9 @@ pub mod cmdline;
 pub mod frames;
 pub mod hb;
 pub mod hypervisor;
+pub mod mm;
 pub mod paging;
 pub mod phys;
 pub mod pvh;
 pub mod queue;
-pub mod space;
-
-#[cfg(test)]
-mod mm_tests;
 pub mod sync;

@@ -2,51 +2,59 @@
 //! operations, the lazy modes that decide what is deferred, and the flush
 //! that applies a batch.
 //!
-//! This is the design of the 2007 KVM hypercall-queue patch
-//! (`shared/seed/kvm-hypercall-queue-2007.txt`), built for hosts that drain
-//! nothing themselves, so the guest drains its own ring (see BRIEF.md, "Why
-//! the queue is drained by the guest"):
-//! - each entry is a record `{op, args}`: a PTE write, an invalidation of a
-//!   page, a range or everything, a control-register write, or a frame to
-//!   release once no TLB can reach it;
-//! - MMU lazy mode defers PTE writes and invalidations; CPU lazy mode defers
+//! This is the design of the 2007 KVM hypercall-queue patch, built for
+//! hosts that drain nothing themselves, so the guest drains its own ring:
+//! - each entry is a record `{op, args}`: an invalidation of a range of
+//!   pages (and, with it, the release of the frames those pages mapped), an
+//!   invalidation of everything, a control-register write, a PTE write, or
+//!   one frame to release once no TLB can reach it;
+//! - MMU lazy mode defers invalidations and releases; CPU lazy mode defers
 //!   CR writes, and the last write to a register wins;
 //! - flush is an action, not a mode; modes nest, and every leave flushes;
-//! - only the owning vCPU touches its queue, with interrupts masked (the
-//!   kernel keeps it in per-CPU data and calls in with interrupts off), so
-//!   the seed's "are we preempt safe here?" is answered by construction.
+//! - only the owning vCPU touches its queue (the kernel reaches it through
+//!   its own per-CPU slot, and interrupt handlers never borrow it), so the
+//!   seed's "are we preempt safe here?" is answered by construction.
 //!
-//! A flush drains the ring in order through an [`Mmu`], which the kernel
-//! implements with real instructions and IPIs and the host tests with a
-//! model: PTE writes first, then one coalesced invalidation (per page up to
-//! [`INVLPG_CEILING`], else one full flush), then one shootdown round to the
-//! other vCPUs, and only then the release of frames that unmaps freed (the
-//! `mmu_gather` rule: a frame is never reused while a stale TLB entry can
-//! still reach it). Every privileged operation issued is counted in
-//! [`Counters`].
+//! The mm core ([`crate::mm`]) writes page-table entries in place, as
+//! native Linux does inside `arch_enter_lazy_mmu_mode`, and queues what a
+//! trapping host charges for: the invalidations, the CR writes and the
+//! deferred frees. [`Entry::WritePte`] stays a record kind, because a host
+//! that drains the ring itself (the seed's `KVM_MMU_OP_WRITE_PTE`), or a
+//! shadow-paging host where every store traps, needs the store queued too;
+//! the flush applies such records before anything else.
+//!
+//! A flush drains the ring in two passes through a [`Drain`], without
+//! copying it: the first applies the PTE and CR writes and coalesces the
+//! invalidations (per page up to [`INVLPG_CEILING`], else one full flush);
+//! then comes the local invalidation and one shootdown round; the second
+//! pass releases frames (the `mmu_gather` rule: a frame is never reused
+//! while a stale TLB entry can still reach it). Every privileged operation
+//! issued is counted in [`Counters`].
 
-use crate::paging::{LeafEntry, Pte};
+use crate::paging::Pte;
 use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::VirtAddr;
 
 /// Entries per vCPU ring.
 ///
-/// At 32 bytes an entry the ring is 8 KiB per vCPU. A flush has a fixed
+/// At 24 bytes a record the ring is 6 KiB per vCPU. A flush has a fixed
 /// cost (one full TLB flush once past [`INVLPG_CEILING`] pages, one
-/// shootdown round of IPIs) that the ring spreads over its entries; a
-/// map+unmap pair takes 2 to 3 entries, so 256 entries spread it over about
-/// 100 operations, where the `mm` benchmark shows the per-operation cost has
-/// flattened out (README, Figures). Past that, a bigger ring only delays
-/// visibility and grows per-CPU memory. Linux's Xen PV batches 32 multicall
-/// entries per CPU; KVM_HC_MMU_OP handled 512 bytes per hypercall.
+/// shootdown round of IPIs) that the ring spreads over its entries.
+/// Consecutive unmaps and protects coalesce into one range record, so the
+/// ring fills only when calls jump around; the mm benchmark's batch sizes
+/// go up to this capacity, where the per-operation cost has flattened out.
+/// Past that, a bigger ring only delays visibility and grows per-CPU
+/// memory. Linux's Xen PV batches 32 multicall entries per CPU;
+/// KVM_HC_MMU_OP handled 512 bytes per hypercall.
 pub const RING_CAPACITY: usize = 256;
 
 /// Above this many distinct pages, one full TLB flush replaces per-page
 /// `invlpg`. Linux uses 33 (`tlb_single_page_flush_ceiling`,
-/// arch/x86/mm/tlb.c). On QEMU TCG, BRIEF.md measured `invlpg` at about 390
-/// cycles and a CR3 reload at about 5,500, so the break-even is about 14
-/// pages; but a full flush also throws away every other translation, which
-/// the next accesses pay to refill, so we keep Linux's figure. The `mm`
-/// benchmark reports both sides.
+/// arch/x86/mm/tlb.c). On QEMU TCG an `invlpg` costs about 390 cycles and
+/// a CR3 reload about 5,500, so the break-even is about 14 pages; but a
+/// full flush also throws away every other translation, which the next
+/// accesses pay to refill, so we keep Linux's figure. The `mm` benchmark
+/// reports both sides.
 pub const INVLPG_CEILING: usize = 33;
 
 /// CR4 bits whose change flushes the TLB (Intel SDM vol. 3, 4.10.4.1): PSE,
@@ -82,52 +90,58 @@ impl Cr {
 /// One deferred operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
-    /// Write `value` into the leaf entry of `page` (KVM_MMU_OP_WRITE_PTE's
-    /// `{pte_phys, pte_val}`, with the page kept so the flush can
-    /// invalidate it).
-    WritePte {
-        page: Page,
-        entry: LeafEntry,
-        value: Pte,
-    },
-    InvalidatePage(Page),
-    InvalidateRange {
+    /// Invalidate `count` pages from `start` on every vCPU; then, with
+    /// `release`, give back the frames that this vCPU's unmaps of those
+    /// pages still name (KVM_MMU_OP_FLUSH_TLB and RELEASE_PT in one
+    /// record: the mm records the frame in the cleared entry itself, so a
+    /// whole range costs one record however many frames it frees).
+    Invalidate {
         start: Page,
         count: u32,
+        release: bool,
     },
     InvalidateAll,
     WriteCr {
         reg: Cr,
         value: u64,
     },
-    /// Give `frame` back to the allocator once the flush has made it
-    /// unreachable (KVM_MMU_OP_RELEASE_PT's role, for data frames too).
+    /// Store `value` into the leaf entry of `page` (KVM_MMU_OP_WRITE_PTE's
+    /// `{pte_phys, pte_val}`), invalidating the page if the entry was
+    /// present.
+    WritePte {
+        page: Page,
+        value: Pte,
+    },
+    /// Give `frame` back once the flush has made it unreachable.
     ReleaseFrame(PhysFrame),
 }
 
 /// What made a flush happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// The ring filled up (flushed right after the entry that filled it).
+    /// The ring filled up (flushed after the call that filled it, or
+    /// before a call that could not fit its records).
     Full,
     /// A lazy mode was left (any nesting level).
     Leave,
     /// An explicit `flush()`.
     Explicit,
-    /// A page fault hit a page with a map pending in this ring.
+    /// A page fault hit a page whose entry allows the access: a stale,
+    /// stricter translation this vCPU's pending invalidation will remove.
     Fault,
-    /// Something is about to read the page tables (`translate`).
-    Read,
     /// A frame was needed and this ring holds frames waiting for release.
     Reuse,
-    /// A map of a page whose unmap is still queued: the old translation is
-    /// still in the hardware, so the first touch of the new mapping would
-    /// not fault, and would reach the old frame. Flushing first keeps
-    /// "a pending map becomes visible on first touch" true.
+    /// A map of a page whose old translation may still be cached: an
+    /// unmap of it (by any vCPU) has not been shot down yet. The new
+    /// mapping must not be reachable through the old translation, so the
+    /// invalidation goes first.
     Remap,
-    /// An operation outside lazy mode, applied at once after any earlier
-    /// entries (the immediate backend flushes this way after every entry).
+    /// An operation outside lazy mode, applied at once (the immediate
+    /// backend flushes this way after every call).
     Unbatched,
+    /// Another vCPU asked this one to flush (posted work), to get at its
+    /// pending frees.
+    Request,
 }
 
 impl Trigger {
@@ -137,10 +151,10 @@ impl Trigger {
         Trigger::Leave,
         Trigger::Explicit,
         Trigger::Fault,
-        Trigger::Read,
         Trigger::Reuse,
         Trigger::Remap,
         Trigger::Unbatched,
+        Trigger::Request,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,10 +163,10 @@ impl Trigger {
             Trigger::Leave => "leave",
             Trigger::Explicit => "explicit",
             Trigger::Fault => "fault",
-            Trigger::Read => "read",
             Trigger::Reuse => "reuse",
             Trigger::Remap => "remap",
             Trigger::Unbatched => "unbatched",
+            Trigger::Request => "request",
         }
     }
 }
@@ -160,10 +174,16 @@ impl Trigger {
 /// The hypervisor-independent record of the traps a workload would take.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
+    /// Records pushed into the ring (a coalesced record counts once).
     pub enqueued: u64,
     pub flushes: [u64; Trigger::COUNT],
     /// PTE stores issued to page-table memory.
     pub pte_writes: u64,
+    /// Leaf tables written for the first time since the last full flush
+    /// anywhere: under shadow paging with out-of-sync leaf tables, the
+    /// writes that fault (the later ones are plain stores until a CR3 load
+    /// syncs the tables again).
+    pub tables_unsynced: u64,
     pub invlpg: u64,
     pub full_flushes: u64,
     /// CR writes that reached the register.
@@ -173,6 +193,13 @@ pub struct Counters {
     pub ipis: u64,
     pub shootdowns: u64,
     pub frames_released: u64,
+    /// `invlpg`s this vCPU ran for another vCPU's shootdown.
+    pub remote_invlpg: u64,
+    /// Full flushes this vCPU ran for another vCPU's shootdown.
+    pub remote_full_flushes: u64,
+    /// CR3 reloads on leaving lazy TLB mode (an idle vCPU dropped its
+    /// translations instead of taking shootdowns).
+    pub lazy_tlb_reloads: u64,
 }
 
 impl Counters {
@@ -181,6 +208,7 @@ impl Counters {
         enqueued: 0,
         flushes: [0; Trigger::COUNT],
         pte_writes: 0,
+        tables_unsynced: 0,
         invlpg: 0,
         full_flushes: 0,
         cr_writes: 0,
@@ -188,6 +216,9 @@ impl Counters {
         ipis: 0,
         shootdowns: 0,
         frames_released: 0,
+        remote_invlpg: 0,
+        remote_full_flushes: 0,
+        lazy_tlb_reloads: 0,
     };
 
     pub fn flushes_total(&self) -> u64 {
@@ -198,42 +229,52 @@ impl Counters {
         self.flushes[Trigger::Fault as usize]
     }
 
-    /// Operations that trap on a host that traps them all (shadow paging):
-    /// PTE writes, invalidations, CR writes and IPIs.
+    /// Operations that trap on a host that traps them all (shadow paging
+    /// without out-of-sync tables): PTE writes, invalidations, CR writes
+    /// and IPIs.
     pub fn privileged(&self) -> u64 {
         self.pte_writes + self.invlpg + self.full_flushes + self.cr_writes + self.ipis
     }
 
+    /// Every field, in a fixed order, for `add` and `since`.
+    fn fields(&mut self) -> [&mut u64; 13] {
+        [
+            &mut self.enqueued,
+            &mut self.pte_writes,
+            &mut self.tables_unsynced,
+            &mut self.invlpg,
+            &mut self.full_flushes,
+            &mut self.cr_writes,
+            &mut self.cr_coalesced,
+            &mut self.ipis,
+            &mut self.shootdowns,
+            &mut self.frames_released,
+            &mut self.remote_invlpg,
+            &mut self.remote_full_flushes,
+            &mut self.lazy_tlb_reloads,
+        ]
+    }
+
     pub fn add(&mut self, o: &Counters) {
-        self.enqueued += o.enqueued;
+        let mut o = *o;
         for (a, b) in self.flushes.iter_mut().zip(o.flushes) {
             *a += b;
         }
-        self.pte_writes += o.pte_writes;
-        self.invlpg += o.invlpg;
-        self.full_flushes += o.full_flushes;
-        self.cr_writes += o.cr_writes;
-        self.cr_coalesced += o.cr_coalesced;
-        self.ipis += o.ipis;
-        self.shootdowns += o.shootdowns;
-        self.frames_released += o.frames_released;
+        for (a, b) in self.fields().into_iter().zip(o.fields()) {
+            *a += *b;
+        }
     }
 
     /// `self - earlier`, field by field (for measuring a span).
     pub fn since(&self, earlier: &Counters) -> Counters {
         let mut d = *self;
-        d.enqueued -= earlier.enqueued;
-        for (a, b) in d.flushes.iter_mut().zip(earlier.flushes) {
+        let mut e = *earlier;
+        for (a, b) in d.flushes.iter_mut().zip(e.flushes) {
             *a -= b;
         }
-        d.pte_writes -= earlier.pte_writes;
-        d.invlpg -= earlier.invlpg;
-        d.full_flushes -= earlier.full_flushes;
-        d.cr_writes -= earlier.cr_writes;
-        d.cr_coalesced -= earlier.cr_coalesced;
-        d.ipis -= earlier.ipis;
-        d.shootdowns -= earlier.shootdowns;
-        d.frames_released -= earlier.frames_released;
+        for (a, b) in d.fields().into_iter().zip(e.fields()) {
+            *a -= *b;
+        }
         d
     }
 }
@@ -250,14 +291,17 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
+    pub const fn none() -> Self {
+        Invalidation::Pages(heapless::Vec::new())
+    }
+
     /// Adds `page`, once; past the ceiling the invalidation becomes `All`.
     pub fn add(&mut self, page: Page) {
         if let Invalidation::Pages(pages) = self {
-            // Fix (mm_tests): dedup over the whole list, not only the last
-            // page. The list holds at most INVLPG_CEILING pages, so the scan
-            // costs less than one invlpg, and without it a page replaced
-            // twice with others in between (protect a range, then protect
-            // it again) counted twice and turned 17 pages into a full flush.
+            // Dedup over the whole list, not only the last page: a page
+            // replaced twice with others in between (protect a range, then
+            // protect it again) must count once. The list holds at most
+            // INVLPG_CEILING pages, so the scan costs less than one invlpg.
             if pages.contains(&page) {
                 return;
             }
@@ -267,6 +311,35 @@ impl Invalidation {
         }
     }
 
+    /// Adds `count` pages from `start`.
+    #[inline]
+    pub fn add_range(&mut self, start: Page, count: u32) {
+        if count as usize > INVLPG_CEILING {
+            *self = Invalidation::All;
+            return;
+        }
+        let base = start.start_address().as_u64();
+        // `start + i` would re-check every sum for canonical form; a range
+        // the mm recorded is canonical, so the integer sum is exact.
+        let page = |i: u64| Page::containing_address(VirtAddr::new_truncate(base + (i << 12)));
+        if let Invalidation::Pages(pages) = self {
+            if pages.is_empty() {
+                // The common flush holds one range: nothing to dedup against.
+                for i in 0..u64::from(count) {
+                    let _ = pages.push(page(i));
+                }
+                return;
+            }
+        }
+        for i in 0..u64::from(count) {
+            if matches!(self, Invalidation::All) {
+                return;
+            }
+            self.add(page(i));
+        }
+    }
+
+    #[inline]
     pub fn is_empty(&self) -> bool {
         matches!(self, Invalidation::Pages(p) if p.is_empty())
     }
@@ -282,19 +355,20 @@ pub enum Applied {
     Filled,
 }
 
-/// The privileged operations a flush issues. The kernel executes them; host
-/// tests model them.
-pub trait Mmu {
-    fn apply_pte(&mut self, page: Page, entry: LeafEntry, value: Pte) -> Applied;
-    /// Every PTE write of this flush is in: pending marks may be cleared.
-    fn writes_done(&mut self);
+/// What a flush does with the records, in order. The mm core implements
+/// it over the real (or simulated) machine.
+pub trait Drain {
+    fn write_pte(&mut self, page: Page, value: Pte) -> Applied;
+    fn write_cr(&mut self, reg: Cr, value: u64);
     fn invlpg(&mut self, page: Page);
     fn flush_all(&mut self);
     /// Repeats `inv` on every other vCPU that may cache the translations
-    /// and waits for their acknowledgement. Returns the IPIs sent (0: there
-    /// was nobody to ask).
+    /// and returns once all have acknowledged. Returns the IPIs sent (0:
+    /// there was nobody to ask).
     fn shootdown(&mut self, inv: &Invalidation) -> u32;
-    fn write_cr(&mut self, reg: Cr, value: u64);
+    /// Gives back the frames this vCPU's unmaps of `count` pages from
+    /// `start` left to release; returns how many. Runs after the shootdown.
+    fn release_range(&mut self, start: Page, count: u32) -> u64;
     fn release(&mut self, frame: PhysFrame);
 }
 
@@ -315,12 +389,17 @@ impl core::fmt::Display for Error {
 
 /// One vCPU's queue.
 pub struct Queue {
-    ring: heapless::Deque<Entry, RING_CAPACITY>,
+    /// Records in program order. A flush applies all of them and empties
+    /// the ring, so a plain vector is enough: nothing is taken from the
+    /// front alone.
+    ring: heapless::Vec<Entry, RING_CAPACITY>,
     mmu_depth: u32,
     cpu_depth: u32,
     /// CR0, CR3, CR4 as this vCPU last wrote them (pending writes included),
     /// so reads never touch the register (the seed's CR read cache).
     cr_cache: [Option<u64>; 3],
+    /// Records that release frames (an [`Entry::Invalidate`] with
+    /// `release`, or an [`Entry::ReleaseFrame`]).
     releases_pending: u32,
     counters: Counters,
 }
@@ -334,7 +413,7 @@ impl Default for Queue {
 impl Queue {
     pub const fn new() -> Self {
         Queue {
-            ring: heapless::Deque::new(),
+            ring: heapless::Vec::new(),
             mmu_depth: 0,
             cpu_depth: 0,
             cr_cache: [None; 3],
@@ -343,6 +422,7 @@ impl Queue {
         }
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.ring.len()
     }
@@ -351,16 +431,29 @@ impl Queue {
         self.ring.is_empty()
     }
 
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.ring.is_full()
+    }
+
+    /// Free records.
+    #[inline]
+    pub fn room(&self) -> usize {
+        RING_CAPACITY - self.ring.len()
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
 
-    /// For backends that apply operations without the ring (the immediate
-    /// baseline) and still count what they issue.
+    /// For the mm core, which counts what it issues outside a flush (the
+    /// in-place PTE stores).
+    #[inline]
     pub fn counters_mut(&mut self) -> &mut Counters {
         &mut self.counters
     }
 
+    #[inline]
     pub fn in_lazy_mmu(&self) -> bool {
         self.mmu_depth > 0
     }
@@ -373,13 +466,12 @@ impl Queue {
         self.mmu_depth += 1;
     }
 
-    /// Leaves one level of MMU lazy mode. Every leave flushes; the outermost
-    /// also ends the mode.
-    pub fn leave_lazy_mmu(&mut self, mmu: &mut impl Mmu) -> Result<(), Error> {
+    /// Ends one level of MMU lazy mode. Every leave flushes: the caller
+    /// (the mm core) flushes first, so the flush can retire what it must.
+    pub fn exit_lazy_mmu(&mut self) -> Result<(), Error> {
         if self.mmu_depth == 0 {
             return Err(Error::NotInLazyMode("MMU"));
         }
-        self.flush(Trigger::Leave, mmu);
         self.mmu_depth -= 1;
         Ok(())
     }
@@ -388,90 +480,85 @@ impl Queue {
         self.cpu_depth += 1;
     }
 
-    pub fn leave_lazy_cpu(&mut self, mmu: &mut impl Mmu) -> Result<(), Error> {
+    /// Ends one level of CPU lazy mode, after the caller's flush.
+    pub fn exit_lazy_cpu(&mut self) -> Result<(), Error> {
         if self.cpu_depth == 0 {
             return Err(Error::NotInLazyMode("CPU"));
         }
-        self.flush(Trigger::Leave, mmu);
         self.cpu_depth -= 1;
         Ok(())
     }
 
-    /// Defers an MMU operation. Outside MMU lazy mode there is nothing to
-    /// defer into: earlier entries are flushed (to keep program order) and
-    /// the operation is applied at once, as a flush of one.
-    pub fn push_mmu(&mut self, e: Entry, mmu: &mut impl Mmu) {
-        debug_assert!(
-            !matches!(e, Entry::WriteCr { .. }),
-            "CR writes go through write_cr"
-        );
-        if !self.in_lazy_mmu() {
-            self.push_raw(e, mmu);
-            self.flush(Trigger::Unbatched, mmu);
-            return;
+    /// Appends a record; the caller made room ([`Queue::room`]) first and
+    /// flushes once the ring is full, outside any lock it holds. A range
+    /// invalidation that continues the newest record (the same `release`,
+    /// the next page on) extends it instead: a run of per-page unmaps costs
+    /// one record.
+    #[inline]
+    pub fn push(&mut self, e: Entry) {
+        if let (
+            Entry::Invalidate {
+                start,
+                count,
+                release,
+            },
+            Some(Entry::Invalidate {
+                start: s,
+                count: c,
+                release: r,
+            }),
+        ) = (e, self.ring.last_mut())
+        {
+            // Page addresses as integers: x86_64's `Page + u64` re-checks
+            // that the sum is canonical, which costs more than the rest.
+            let next = s.start_address().as_u64() + (u64::from(*c) << 12);
+            if *r == release
+                && next == start.start_address().as_u64()
+                && c.checked_add(count).is_some()
+            {
+                *c += count;
+                return;
+            }
         }
-        self.push_raw(e, mmu);
-    }
-
-    /// Defers an unmap's PTE write together with the release of its frame:
-    /// outside lazy mode both go out in one flush (one invalidation, one
-    /// shootdown round, then the release), as one unmap would.
-    pub fn push_unmap(&mut self, write: Entry, release: Entry, mmu: &mut impl Mmu) {
-        debug_assert!(
-            matches!(write, Entry::WritePte { .. }) && matches!(release, Entry::ReleaseFrame(_))
-        );
-        self.push_raw(write, mmu);
-        self.push_raw(release, mmu);
-        if !self.in_lazy_mmu() {
-            self.flush(Trigger::Unbatched, mmu);
-        }
-    }
-
-    fn push_raw(&mut self, e: Entry, mmu: &mut impl Mmu) {
-        if let Entry::ReleaseFrame(_) = e {
+        if matches!(
+            e,
+            Entry::ReleaseFrame(_) | Entry::Invalidate { release: true, .. }
+        ) {
             self.releases_pending += 1;
         }
         self.counters.enqueued += 1;
-        // Cannot fail: the ring is flushed as soon as it fills, below.
-        let _ = self.ring.push_back(e);
-        // Fix (mm_tests): flush once the entry is in, not before the next
-        // one. The mm records a page's new logical value (`Space::set`)
-        // and then pushes its entry; a flush between the two applied the
-        // page's older entry and cleared its pending mark while the new
-        // entry was not queued yet, so another vCPU could take the page
-        // over and this vCPU's entry would later overwrite its mapping.
-        if self.ring.is_full() {
-            self.flush(Trigger::Full, mmu);
+        // The caller checked `room`; a full ring here is a bug upstream,
+        // and dropping a record would lose an invalidation.
+        if self.ring.push(e).is_err() {
+            panic!("hypercall ring overflow: the caller pushed without making room");
         }
     }
 
-    /// Writes a control register: deferred in CPU lazy mode, where a later
-    /// write to the same register replaces a pending one; at once otherwise
-    /// (after flushing earlier entries, to keep program order).
-    pub fn write_cr(&mut self, reg: Cr, value: u64, mmu: &mut impl Mmu) {
+    /// Records a write of `value` to `reg` in the CR cache and, in CPU
+    /// lazy mode, defers it: a later write to the same register replaces
+    /// a pending one that is the newest record. Returns false outside lazy
+    /// mode: the caller flushes what is queued (program order) and writes
+    /// the register at once. The caller made room for a record.
+    pub fn defer_cr(&mut self, reg: Cr, value: u64) -> bool {
         self.cr_cache[reg.index()] = Some(value);
-        if self.in_lazy_cpu() {
-            // The last write wins only over a write to the same register that
-            // is the newest entry: merging across other entries would move
-            // the register change before them. And two CR4 writes that differ
-            // in a TLB-controlling bit stay apart: a PGE toggle pair exists
-            // for the flush each write causes, which a merge would lose.
-            if let Some(Entry::WriteCr { reg: r, value: v }) = self.ring.back_mut() {
-                let flush_bits_differ = reg == Cr::Cr4 && (*v ^ value) & CR4_TLB_BITS != 0;
-                if *r == reg && !flush_bits_differ {
-                    *v = value;
-                    self.counters.cr_coalesced += 1;
-                    return;
-                }
+        if !self.in_lazy_cpu() {
+            return false;
+        }
+        // The last write wins only over a write to the same register that
+        // is the newest entry: merging across other entries would move the
+        // register change before them. And two CR4 writes that differ in a
+        // TLB-controlling bit stay apart: a PGE toggle pair exists for the
+        // flush each write causes, which a merge would lose.
+        if let Some(Entry::WriteCr { reg: r, value: v }) = self.ring.last_mut() {
+            let flush_bits_differ = reg == Cr::Cr4 && (*v ^ value) & CR4_TLB_BITS != 0;
+            if *r == reg && !flush_bits_differ {
+                *v = value;
+                self.counters.cr_coalesced += 1;
+                return true;
             }
-            self.push_raw(Entry::WriteCr { reg, value }, mmu);
-            return;
         }
-        if !self.ring.is_empty() {
-            self.flush(Trigger::Unbatched, mmu);
-        }
-        mmu.write_cr(reg, value);
-        self.counters.cr_writes += 1;
+        self.push(Entry::WriteCr { reg, value });
+        true
     }
 
     /// The value this vCPU last wrote to `reg` (pending or not), or `None`
@@ -485,88 +572,83 @@ impl Queue {
         self.cr_cache[reg.index()] = Some(value);
     }
 
-    /// True when this ring holds a deferred write that makes `page` present:
-    /// a fault on it should flush and retry.
-    pub fn has_pending_map(&self, page: Page) -> bool {
-        self.ring.iter().rev().find_map(|e| match e {
-            Entry::WritePte { page: p, value, .. } if *p == page => Some(value.is_present()),
-            _ => None,
-        }) == Some(true)
-    }
-
     /// True when frames wait in this ring for a flush to release them.
     pub fn has_pending_releases(&self) -> bool {
         self.releases_pending > 0
     }
 
-    /// Drains the ring in order and applies it. Returns what was issued; a
-    /// flush of an empty ring issues and counts nothing.
-    pub fn flush(&mut self, trigger: Trigger, mmu: &mut impl Mmu) -> Counters {
-        let before = self.counters;
+    /// Applies the ring and empties it, counting what it issues. A flush of
+    /// an empty ring issues and counts nothing.
+    #[inline]
+    pub fn flush(&mut self, trigger: Trigger, d: &mut impl Drain) {
         // An empty ring issues nothing: counting it would inflate
         // flushes per operation with flushes no host would see.
         if self.ring.is_empty() {
-            return Counters::ZERO;
+            return;
         }
         self.counters.flushes[trigger as usize] += 1;
-        let mut inv = Invalidation::Pages(heapless::Vec::new());
-        let mut releases: heapless::Vec<PhysFrame, RING_CAPACITY> = heapless::Vec::new();
-        while let Some(e) = self.ring.pop_front() {
-            match e {
-                Entry::WritePte { page, entry, value } => match mmu.apply_pte(page, entry, value) {
-                    Applied::Replaced => {
-                        self.counters.pte_writes += 1;
+        // Pass 1, in program order: the stores, the CR writes, and the
+        // invalidation they add up to.
+        let mut inv = Invalidation::none();
+        for e in self.ring.iter() {
+            match *e {
+                Entry::WritePte { page, value } => {
+                    self.counters.pte_writes += 1;
+                    if d.write_pte(page, value) == Applied::Replaced {
                         inv.add(page);
                     }
-                    Applied::Filled => self.counters.pte_writes += 1,
-                },
-                Entry::InvalidatePage(page) => inv.add(page),
-                Entry::InvalidateRange { start, count } => {
-                    if count as usize > INVLPG_CEILING {
-                        inv = Invalidation::All;
-                    } else {
-                        for i in 0..count as u64 {
-                            inv.add(start + i);
-                        }
-                    }
                 }
+                Entry::Invalidate { start, count, .. } => inv.add_range(start, count),
                 Entry::InvalidateAll => inv = Invalidation::All,
                 Entry::WriteCr { reg, value } => {
-                    mmu.write_cr(reg, value);
+                    d.write_cr(reg, value);
                     self.counters.cr_writes += 1;
                 }
-                // Cannot fail: the ring holds at most RING_CAPACITY entries.
-                Entry::ReleaseFrame(f) => {
-                    let _ = releases.push(f);
-                }
+                Entry::ReleaseFrame(_) => {}
             }
         }
-        mmu.writes_done();
         match &inv {
             Invalidation::Pages(pages) => {
                 for &p in pages {
-                    mmu.invlpg(p);
+                    d.invlpg(p);
                 }
                 self.counters.invlpg += pages.len() as u64;
             }
             Invalidation::All => {
-                mmu.flush_all();
+                d.flush_all();
                 self.counters.full_flushes += 1;
             }
         }
         if !inv.is_empty() {
-            let ipis = mmu.shootdown(&inv);
+            let ipis = d.shootdown(&inv);
             if ipis > 0 {
-                self.counters.ipis += ipis as u64;
+                self.counters.ipis += u64::from(ipis);
                 self.counters.shootdowns += 1;
             }
         }
-        // Only now can no TLB reach the released frames.
-        for f in releases {
-            mmu.release(f);
-            self.counters.frames_released += 1;
+        // Pass 2: only now can no TLB reach the released frames.
+        if self.releases_pending > 0 {
+            self.release_all(d);
         }
+        self.ring.clear();
         self.releases_pending = 0;
-        self.counters.since(&before)
+    }
+
+    #[inline(never)]
+    fn release_all(&mut self, d: &mut impl Drain) {
+        for e in self.ring.iter() {
+            match *e {
+                Entry::Invalidate {
+                    start,
+                    count,
+                    release: true,
+                } => self.counters.frames_released += d.release_range(start, count),
+                Entry::ReleaseFrame(f) => {
+                    d.release(f);
+                    self.counters.frames_released += 1;
+                }
+                _ => {}
+            }
+        }
     }
 }

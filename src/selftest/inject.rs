@@ -11,7 +11,7 @@ use crate::arch::x86_64::interrupts::{probe_read, probe_write};
 use crate::memory::FRAMES;
 use crate::mm::{self, Protection as Prot};
 use hyperbatch::cmdline::Backend;
-use hyperbatch::space::{Error, WINDOW_BASE};
+use hyperbatch::mm::{Error, WINDOW_BASE};
 use x86_64::VirtAddr;
 
 type Outcome = Result<Detail, Detail>;
@@ -90,8 +90,7 @@ pub fn out_of_frames_mid_batch() -> Outcome {
     let free_before = mm::free_frames();
     let tables_before = mm::table_pages();
     let (a, b, c) = (base, base + 8 * PAGE, base + 16 * PAGE);
-    let (first, second, failed, after, pending) = {
-        let _batch = mm::batch();
+    let (first, second, failed, after, pending) = mm::batch(|| {
         let first = mm::map_anon(a, 4, Prot::READ_WRITE);
         let second = mm::map_anon(b, 2, Prot::READ_WRITE);
         fail_after(Some(3));
@@ -100,7 +99,7 @@ pub fn out_of_frames_mid_batch() -> Outcome {
         // Later entries of the same batch still work.
         let after = mm::unmap(b, 1);
         (first, second, failed, after, mm::pending())
-    };
+    });
     first.map_err(fail)?;
     second.map_err(fail)?;
     after.map_err(fail)?;
@@ -138,15 +137,14 @@ pub fn out_of_tables_mid_batch() -> Outcome {
     let fresh = base + 3 * LEAF_SPAN;
     let free_before = mm::free_frames();
     let tables_before = mm::table_pages();
-    let (first, failed, after) = {
-        let _batch = mm::batch();
+    let (first, failed, after) = mm::batch(|| {
         let first = mm::map_anon(base, 2, Prot::READ_WRITE);
         fail_after(Some(0));
         let failed = mm::map_anon(fresh, 1, Prot::READ_WRITE);
         fail_after(None);
         let after = mm::map_anon(base + 4 * PAGE, 1, Prot::READ_WRITE);
         (first, failed, after)
-    };
+    });
     first.map_err(fail)?;
     after.map_err(fail)?;
     if failed != Err(Error::OutOfTables) {

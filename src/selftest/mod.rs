@@ -29,7 +29,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("frames_alloc_free", frames_alloc_free),
     ("mm_map_reads_back", mm::map_reads_back),
     ("mm_map_given_frames", mm::map_given_frames),
-    ("mm_translate_flushes", mm::translate_flushes),
+    ("mm_translate_in_place", mm::translate_in_place),
     ("mm_unmap_faults_after_flush", mm::unmap_faults_after_flush),
     ("mm_protect", mm::protect_read_only),
     ("mm_stale_tlb_cross_cpu", mm::stale_tlb_cross_cpu),
@@ -40,7 +40,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("mm_ring_full_mid_batch", mm::ring_full_mid_batch),
     ("mm_bad_input", mm::bad_input),
     ("mm_out_of_frames_mid_call", mm::out_of_frames_mid_call),
-    ("mm_pending_on_other_cpu", mm::pending_on_other_cpu),
+    ("mm_remap_taken_over", mm::remap_taken_over),
     ("mm_cr_lazy_mode", mm::cr_lazy_mode),
     (
         "mm_batched_vs_immediate_counts",

@@ -14,7 +14,7 @@ use crate::arch::x86_64::interrupts::{
 use crate::arch::x86_64::{percpu, power, stacks};
 use crate::memory::FRAMES;
 use crate::mm::{self, Protection as Prot};
-use hyperbatch::space::{Error, WINDOW_BASE};
+use hyperbatch::mm::{Error, WINDOW_BASE};
 use x86_64::VirtAddr;
 
 type Outcome = Result<Detail, Detail>;
@@ -96,10 +96,10 @@ pub fn wx_refused() -> Outcome {
     let tables_before = mm::table_pages();
     let refused = [
         ("map_anon", mm::map_anon(va, 4, WRITE_AND_EXEC)),
-        ("map", mm::map(va, &[frame], WRITE_AND_EXEC)),
+        // SAFETY: a frame this test allocated (the map is refused anyway).
+        ("map", unsafe { mm::map(va, &[frame], WRITE_AND_EXEC) }),
         ("map_anon in a batch", {
-            let _b = mm::batch();
-            mm::map_anon(va, 1, WRITE_AND_EXEC)
+            mm::batch(|| mm::map_anon(va, 1, WRITE_AND_EXEC))
         }),
     ];
     let leftover = (0..4).any(|i| mm::translate(va + i * PAGE).is_some());

@@ -85,6 +85,7 @@ pub fn get(index: usize) -> &'static PerCpu {
 }
 
 /// This CPU's slot.
+#[inline]
 pub fn this() -> &'static PerCpu {
     let p: *const PerCpu;
     // SAFETY: GS base points at this CPU's slot (init_this_cpu runs before
@@ -102,6 +103,7 @@ pub fn this() -> &'static PerCpu {
 }
 
 /// This CPU's dense index (0 is the boot CPU).
+#[inline]
 pub fn cpu_index() -> usize {
     this().index()
 }

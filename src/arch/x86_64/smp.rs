@@ -174,6 +174,7 @@ pub extern "C" fn ap_entry(index: u64) -> ! {
     }
     ONLINE.fetch_add(1, Ordering::AcqRel);
     percpu::this().online.store(true, Ordering::Release);
+    ONLINE_MASK.fetch_or(1 << index, Ordering::AcqRel);
     idle_loop()
 }
 
@@ -216,10 +217,7 @@ fn enter_lazy_tlb(me: usize) {
     if LAZY_TLB.load(Ordering::Relaxed) & (1 << me) != 0 {
         return;
     }
-    let (frame, flags) = x86_64::registers::control::Cr3::read();
-    // SAFETY: reloading the live root changes no mapping; it only drops
-    // non-global TLB entries.
-    unsafe { x86_64::registers::control::Cr3::write(frame, flags) };
+    crate::mm::lazy_tlb_reload();
     LAZY_TLB.fetch_or(1 << me, Ordering::SeqCst);
 }
 
@@ -234,15 +232,14 @@ fn leave_lazy_tlb(me: usize) {
     // from the live tables (Intel SDM vol. 3, 4.10.2.3), and shootdowns
     // skipped it. Drop them: after the clear above, every later change
     // reaches this CPU, and everything earlier is in the tables now.
-    let (frame, flags) = x86_64::registers::control::Cr3::read();
-    // SAFETY: reloading the live root changes no mapping.
-    unsafe { x86_64::registers::control::Cr3::write(frame, flags) };
+    crate::mm::lazy_tlb_reload();
 }
 
 /// The CPUs a TLB shootdown must reach: online, not idle in lazy TLB mode,
 /// not this one. Called after the flush's PTE writes; the fence orders those
 /// writes before the read of the lazy mask (a CPU that left lazy mode after
 /// it either is in the mask or fills its TLB from the new entries).
+#[inline]
 pub fn tlb_targets() -> u64 {
     core::sync::atomic::fence(Ordering::SeqCst);
     online_mask() & !LAZY_TLB.load(Ordering::SeqCst) & !(1 << percpu::cpu_index())
@@ -420,11 +417,13 @@ fn acked_mask(me: usize, targets: u64) -> u64 {
     acked
 }
 
+/// Bit n: CPU n is online (the boot CPU always is). One load, so a flush
+/// finds its shootdown targets in O(1), not by walking every slot.
+static ONLINE_MASK: AtomicU64 = AtomicU64::new(1);
+
 /// Bitmask of online CPU indices.
 pub fn online_mask() -> u64 {
-    (0..percpu::MAX_CPUS)
-        .filter(|&i| i == 0 || percpu::get(i).online.load(Ordering::Acquire))
-        .fold(0, |m, i| m | 1 << i)
+    ONLINE_MASK.load(Ordering::Acquire)
 }
 
 fn ping(_: u64) {}
