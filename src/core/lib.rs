@@ -17,6 +17,8 @@ pub mod frames;
 pub mod hb;
 pub mod hypervisor;
 pub mod mm;
+#[cfg(test)]
+mod mm_tests;
 pub mod paging;
 pub mod phys;
 pub mod pvh;

@@ -290,6 +290,13 @@ impl TableSlot {
         self.lock.store(0, Ordering::Release);
     }
 
+    /// Takes the lock as vCPU `me` would, for the test that a second take
+    /// is caught.
+    #[cfg(test)]
+    pub(crate) fn lock_for_test(&self, me: usize) {
+        self.lock(me);
+    }
+
     /// 1 if this is the table's first write since full flush `epoch`.
     #[inline]
     fn note_write(&self, epoch: u32) -> u64 {
@@ -801,13 +808,20 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
     pub fn map_anon(&mut self, va: VirtAddr, pages: u64, prot: Prot) -> Result<(), Error> {
         let run = Run::of(va, pages)?;
         let flags = (prot.flags()? | OWNED).bits();
-        if run.count == 1 && self.window.table((run.first >> 9) as usize).is_some() {
-            let Some(e) = self.window.entry(run.first) else {
-                unreachable!("the table exists")
-            };
-            if e.load(Ordering::Relaxed) & PRESENT != 0 {
+        if let Some(e) = self.window.entry(run.first).filter(|_| run.count == 1) {
+            let e = e.load(Ordering::Relaxed);
+            if e & PRESENT != 0 {
                 return Err(Error::AlreadyMapped(va));
             }
+        }
+        // One page whose table exists and with no live mark in the way
+        // (checked again under the lock): one frame, no chain.
+        let one = run.count == 1
+            && self.window.entry(run.first).is_some_and(|e| {
+                let e = e.load(Ordering::Relaxed);
+                e & MARK == 0 || self.window.live_mark(e).is_none()
+            });
+        if one {
             let frame = self.alloc_frame().ok_or(Error::OutOfFrames)?;
             match self.install_one(run.first, frame.start_address().as_u64() | flags) {
                 Some(Ok(())) => return Ok(()),
@@ -1115,9 +1129,8 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
     /// fetch). If the entry allows the access, the fault came from a
     /// stale, stricter translation in this vCPU's TLB: an in-place change
     /// whose invalidation is still queued (here or on another vCPU). It is
-    /// dropped (by this vCPU's flush, or one `invlpg` when this vCPU has
-    /// nothing queued) and the access can be retried. Returns false for a
-    /// fault the mm does not explain.
+    /// dropped with one `invlpg`, and the access can be retried. Returns
+    /// false for a fault the mm does not explain.
     pub fn fault(&mut self, addr: VirtAddr, write: bool, fetch: bool) -> bool {
         let a = addr.as_u64();
         if !(WINDOW_BASE..WINDOW_BASE + WINDOW_SIZE).contains(&a) {
@@ -1133,12 +1146,13 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         if !allowed {
             return false;
         }
-        if self.queue.is_empty() {
-            self.mmu.invlpg(Page::containing_address(addr));
-            self.queue.counters_mut().invlpg += 1;
-        } else {
-            self.flush(Trigger::Fault);
-        }
+        // The stale translation is this vCPU's: drop it here, whoever owes
+        // the invalidation. If this vCPU has changes queued, the fault is
+        // a good moment to publish them too (the other vCPUs would fault
+        // on the same stale translations otherwise).
+        self.mmu.invlpg(Page::containing_address(addr));
+        self.queue.counters_mut().invlpg += 1;
+        self.flush(Trigger::Fault);
         true
     }
 }
