@@ -257,6 +257,10 @@ fn write_cr_now(reg: Cr, value: u64) {
             Cr::Cr4 => Cr4::write_raw(value),
         }
     }
+    if reg == Cr::Cr3 {
+        // The kernel's own reloads read the cache: keep it current.
+        CR3[percpu::cpu_index()].store(value, Ordering::Relaxed);
+    }
 }
 
 /// Runs `f` with this vCPU's view of the mm.
@@ -460,29 +464,19 @@ pub unsafe fn raw_entry(va: VirtAddr) -> Option<&'static AtomicU64> {
 }
 
 /// Runs `inv` here and on every vCPU that may cache window translations,
-/// with no queue: the benchmark's floor. Returns what it issued.
-pub fn invalidate_now(inv: &Invalidation) -> Counters {
-    let mut c = Counters::ZERO;
+/// with no queue: the benchmark's floor. Returns the IPIs sent.
+pub fn invalidate_now(inv: &Invalidation) -> u32 {
     let mut mmu = KernelMmu;
     match inv {
         Invalidation::Pages(pages) => {
             for p in pages {
                 mmu.invlpg(*p);
             }
-            c.invlpg = pages.len() as u64;
         }
-        Invalidation::All => {
-            mmu.flush_all();
-            c.full_flushes = 1;
-        }
+        Invalidation::All => mmu.flush_all(),
     }
-    if !inv.is_empty() {
-        let ipis = mmu.shootdown(inv);
-        if ipis > 0 {
-            c.ipis = u64::from(ipis);
-            c.shootdowns = 1;
-        }
+    if inv.is_empty() {
+        return 0;
     }
-    c.flushes[Trigger::Explicit as usize] = 1;
-    c
+    mmu.shootdown(inv)
 }
