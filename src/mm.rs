@@ -28,10 +28,10 @@ use hyperbatch::paging::TableAlloc;
 use hyperbatch::queue::{Counters, Cr, Invalidation, Queue, Trigger};
 use hyperbatch::sync::Once;
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
-use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::structures::paging::{Page, PhysFrame, Size2MiB};
 use x86_64::VirtAddr;
 
-pub use hyperbatch::mm::{Error, Prot as Protection};
+pub use hyperbatch::mm::{Error, PageSize, Prot as Protection};
 
 static SLOTS: [TableSlot; WINDOW_TABLES] = [const { TableSlot::new() }; WINDOW_TABLES];
 static FLUSHED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -219,6 +219,18 @@ unsafe impl Frames for KernelFrames {
             }
         }
     }
+
+    fn alloc_zeroed_2m(&mut self) -> Option<PhysFrame<Size2MiB>> {
+        FRAMES.lock().as_mut()?.alloc_zeroed_2m(&Identity).ok()
+    }
+
+    fn free_2m(&mut self, frame: PhysFrame<Size2MiB>) {
+        if let Some(f) = FRAMES.lock().as_mut() {
+            if let Err(e) = f.free_2m(frame) {
+                log::error!("mm released a 2 MiB frame the allocator refused: {e}");
+            }
+        }
+    }
 }
 
 /// Runs on a target vCPU in its IPI handler: repeat the sender's invalidation.
@@ -301,6 +313,35 @@ pub fn unmap(va: VirtAddr, pages: u64) -> Result<(), Error> {
 /// Changes the protection of `pages` mapped pages at `va`.
 pub fn protect(va: VirtAddr, pages: u64, prot: Protection) -> Result<(), Error> {
     with_mm(|m| m.protect(va, pages, prot))
+}
+
+/// Maps the 2 MiB `frames` (the caller's) at the 2 MiB-aligned `va`.
+///
+/// # Safety
+/// As [`map`].
+pub unsafe fn map_2m(
+    va: VirtAddr,
+    frames: &[PhysFrame<Size2MiB>],
+    prot: Protection,
+) -> Result<(), Error> {
+    // SAFETY: this function's contract is the core's.
+    with_mm(|m| unsafe { m.map_2m(va, frames, prot) })
+}
+
+/// Maps `count` fresh zeroed 2 MiB frames at the 2 MiB-aligned `va`.
+pub fn map_anon_2m(va: VirtAddr, count: u64, prot: Protection) -> Result<(), Error> {
+    with_mm(|m| m.map_anon_2m(va, count, prot))
+}
+
+/// Unmaps `count` 2 MiB pages at `va`, releasing the frames map_anon_2m
+/// gave them.
+pub fn unmap_2m(va: VirtAddr, count: u64) -> Result<(), Error> {
+    with_mm(|m| m.unmap_2m(va, count))
+}
+
+/// Changes the protection of `count` mapped 2 MiB pages at `va`.
+pub fn protect_2m(va: VirtAddr, count: u64, prot: Protection) -> Result<(), Error> {
+    with_mm(|m| m.protect_2m(va, count, prot))
 }
 
 /// What the page tables say about `va` (this vCPU's pending changes are
@@ -461,6 +502,15 @@ pub unsafe fn raw_entry(va: VirtAddr) -> Option<&'static AtomicU64> {
     // SAFETY: the caller takes over the window's contract for this entry;
     // the table lives as long as the window, which is 'static.
     unsafe { window().raw_entry(va).map(|p| &*p) }
+}
+
+/// As [`raw_entry`], for the directory entry of a 2 MiB page.
+///
+/// # Safety
+/// As [`raw_entry`].
+pub unsafe fn raw_entry_2m(va: VirtAddr) -> Option<&'static AtomicU64> {
+    // SAFETY: as in raw_entry.
+    unsafe { window().raw_large_entry(va).map(|p| &*p) }
 }
 
 /// Runs `inv` here and on every vCPU that may cache window translations,

@@ -23,7 +23,7 @@ mod workload;
 
 use crate::arch::x86_64::interrupts::{probe_read, IPIS_TAKEN, IPI_VECTOR};
 use crate::arch::x86_64::{apic, percpu, smp, tsc};
-use crate::memory::{Identity, FRAMES};
+use crate::memory::FRAMES;
 use crate::mm::{self, Protection as Prot};
 use crate::platform::Host;
 use crate::{console, println};
@@ -35,7 +35,7 @@ use hyperbatch::mm::WINDOW_BASE;
 use hyperbatch::queue::{Counters, Cr, Invalidation, Trigger, INVLPG_CEILING, RING_CAPACITY};
 use x86_64::instructions::port::Port;
 use x86_64::registers::control::Cr3;
-use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::structures::paging::{Page, PhysFrame, Size2MiB};
 use x86_64::VirtAddr;
 
 /// Bumped when a field of `result` or `env` changes meaning. Schema 2: a
@@ -163,6 +163,8 @@ pub struct Figure<'a> {
     pub timing: Timing,
     pub counters: Option<&'a Counters>,
     pub checksum: Option<u64>,
+    /// The page size an operation works on (0: not a page operation).
+    pub page_bytes: u64,
 }
 
 fn ns(cycles: f64) -> f64 {
@@ -230,6 +232,7 @@ pub fn emit(f: &Figure<'_>) {
             .u64("vcpus", f.vcpus)?
             .u64("ops", f.ops)?
             .u64("reps", f.reps)?
+            .u64("page_bytes", f.page_bytes)?
             .str("unit", unit.name())?
             // Under icount the TSC advances with every vCPU's instructions:
             // a figure is all guest instructions per operation, the other
@@ -391,6 +394,7 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
             timing: t,
             counters: None,
             checksum: None,
+            page_bytes: 0,
         })
     };
     one(
@@ -525,18 +529,6 @@ impl Drop for Pool {
     }
 }
 
-/// Page `i` of a benchmark region. The regions lie inside the window, so
-/// the sums are canonical and the unchecked constructor is exact (`+`
-/// re-checks, which the per-page loops would pay on every call).
-#[inline]
-fn va(base: VirtAddr, i: u64) -> VirtAddr {
-    VirtAddr::new_truncate(base.as_u64() + i * PAGE)
-}
-
-fn page(base: VirtAddr, i: u64) -> Page {
-    Page::containing_address(va(base, i))
-}
-
 /// The leaf flags of a benchmark mapping (the frame's address goes in
 /// the rest of the entry).
 fn pte_flags(prot: Prot) -> u64 {
@@ -569,7 +561,9 @@ fn touch(v: VirtAddr) {
 /// - `map_unmap_range`: one call per batch, the queue's own cost with
 ///   little API overhead around it;
 /// - `map_touch_unmap`: per-page calls, every page read while mapped;
-/// - `protect` and `protect_range`: per-page calls and one call per batch.
+/// - `protect` and `protect_range`: per-page calls and one call per batch;
+/// - the same per-page calls with 2 MiB pages (`*_2m`; their records say
+///   `page_bytes`).
 const MM_FIGURES: [&str; 5] = [
     "map_unmap",
     "map_unmap_range",
@@ -577,18 +571,168 @@ const MM_FIGURES: [&str; 5] = [
     "protect",
     "protect_range",
 ];
+const MM_FIGURES_2M: [&str; 3] = ["map_unmap_2m", "map_touch_unmap_2m", "protect_2m"];
+
+/// What the `mm` figures need of a page size: a pool of frames the
+/// benchmark owns, and the calls.
+trait Kind: Sized {
+    const BYTES: u64;
+    fn pool(n: u64) -> Result<Self, &'static str>;
+    /// The physical address of pool frame `i`.
+    fn frame(&self, i: u64) -> u64;
+    /// Maps pool frames `first..first + count` at `at`.
+    fn map(&self, at: VirtAddr, first: u64, count: u64, prot: Prot) -> Result<(), mm::Error>;
+    fn unmap(at: VirtAddr, count: u64) -> Result<(), mm::Error>;
+    fn protect(at: VirtAddr, count: u64, prot: Prot) -> Result<(), mm::Error>;
+    /// The entry's flags for `prot` (the frame goes in the rest).
+    fn flags(prot: Prot) -> u64;
+    /// # Safety
+    /// As [`mm::raw_entry`].
+    unsafe fn raw_entry(at: VirtAddr) -> Option<&'static AtomicU64>;
+    fn invalidation(first: VirtAddr, count: u64) -> Invalidation;
+}
+
+impl Kind for Pool {
+    const BYTES: u64 = PAGE;
+
+    fn pool(n: u64) -> Result<Self, &'static str> {
+        Pool::new(n)
+    }
+
+    fn frame(&self, i: u64) -> u64 {
+        self.frames[i as usize].start_address().as_u64()
+    }
+
+    fn map(&self, at: VirtAddr, first: u64, count: u64, prot: Prot) -> Result<(), mm::Error> {
+        let f = &self.frames[first as usize..(first + count) as usize];
+        // SAFETY: the pool's frames are the benchmark's until it is dropped,
+        // after the last unmap.
+        unsafe { mm::map(at, f, prot) }
+    }
+
+    fn unmap(at: VirtAddr, count: u64) -> Result<(), mm::Error> {
+        mm::unmap(at, count)
+    }
+
+    fn protect(at: VirtAddr, count: u64, prot: Prot) -> Result<(), mm::Error> {
+        mm::protect(at, count, prot)
+    }
+
+    fn flags(prot: Prot) -> u64 {
+        pte_flags(prot)
+    }
+
+    unsafe fn raw_entry(at: VirtAddr) -> Option<&'static AtomicU64> {
+        // SAFETY: the caller's contract.
+        unsafe { mm::raw_entry(at) }
+    }
+
+    fn invalidation(first: VirtAddr, count: u64) -> Invalidation {
+        let mut inv = Invalidation::none();
+        inv.add_range(Page::containing_address(first), count as u32);
+        inv
+    }
+}
+
+/// The 2 MiB frames the benchmarks map.
+struct Pool2m {
+    frames: heapless::Vec<PhysFrame<Size2MiB>, 64>,
+}
+
+impl Drop for Pool2m {
+    fn drop(&mut self) {
+        if let Some(a) = FRAMES.lock().as_mut() {
+            for f in self.frames.drain(..) {
+                let _ = a.free_2m(f);
+            }
+        }
+    }
+}
+
+impl Kind for Pool2m {
+    const BYTES: u64 = 2 << 20;
+
+    fn pool(n: u64) -> Result<Self, &'static str> {
+        let mut p = Pool2m {
+            frames: heapless::Vec::new(),
+        };
+        for _ in 0..n {
+            let f = FRAMES
+                .lock()
+                .as_mut()
+                .ok_or("no frame allocator")?
+                .alloc_2m()
+                .map_err(|_| "out of 2 MiB frames for the benchmark pool")?;
+            p.frames.push(f).map_err(|_| "2 MiB pool too large")?;
+        }
+        Ok(p)
+    }
+
+    fn frame(&self, i: u64) -> u64 {
+        self.frames[i as usize].start_address().as_u64()
+    }
+
+    fn map(&self, at: VirtAddr, first: u64, count: u64, prot: Prot) -> Result<(), mm::Error> {
+        let f = &self.frames[first as usize..(first + count) as usize];
+        // SAFETY: as for the 4 KiB pool.
+        unsafe { mm::map_2m(at, f, prot) }
+    }
+
+    fn unmap(at: VirtAddr, count: u64) -> Result<(), mm::Error> {
+        mm::unmap_2m(at, count)
+    }
+
+    fn protect(at: VirtAddr, count: u64, prot: Prot) -> Result<(), mm::Error> {
+        mm::protect_2m(at, count, prot)
+    }
+
+    fn flags(prot: Prot) -> u64 {
+        pte_flags(prot) | x86_64::structures::paging::PageTableFlags::HUGE_PAGE.bits()
+    }
+
+    unsafe fn raw_entry(at: VirtAddr) -> Option<&'static AtomicU64> {
+        // SAFETY: the caller's contract.
+        unsafe { mm::raw_entry_2m(at) }
+    }
+
+    fn invalidation(first: VirtAddr, count: u64) -> Invalidation {
+        let mut inv = Invalidation::none();
+        inv.add_large(Page::containing_address(first), count as u32);
+        inv
+    }
+}
 
 fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
-    let n = p.pages;
-    let base = VirtAddr::new(WINDOW_BASE + (32 << 30));
-    let pool = Pool::new(n)?;
-    let fr = &pool.frames;
+    mm_figures::<Pool>(
+        p,
+        VirtAddr::new(WINDOW_BASE + (32 << 30)),
+        p.pages,
+        &MM_FIGURES,
+    )?;
+    let n2 = if p.quick { 8 } else { 32 };
+    mm_figures::<Pool2m>(
+        p,
+        VirtAddr::new(WINDOW_BASE + (52 << 30)),
+        n2,
+        &MM_FIGURES_2M,
+    )
+}
+
+fn mm_figures<K: Kind>(
+    p: &Params,
+    base: VirtAddr,
+    n: u64,
+    names: &[&'static str],
+) -> Result<(), &'static str> {
+    let pool = K::pool(n)?;
+    // Page `i` of the region. The regions lie inside the window, so the
+    // sums are canonical and the unchecked constructor is exact (`+`
+    // re-checks, which the per-page loops would pay on every call).
+    let at = |i: u64| VirtAddr::new_truncate(base.as_u64() + i * K::BYTES);
     // Create the tables once, so no figure pays for them.
     mm::set_backend(Backend::Batched);
-    // SAFETY: the pool's frames are the benchmark's until it is dropped,
-    // after the last unmap.
-    must(unsafe { mm::map(base, fr, Prot::READ_WRITE) });
-    must(mm::unmap(base, n));
+    must(pool.map(base, 0, n, Prot::READ_WRITE));
+    must(K::unmap(base, n));
     mm::flush();
     // The floor's entries, found before anything is timed: the floor is
     // the bare stores and one flush per batch, no page-table code at all.
@@ -601,7 +745,7 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
         // SAFETY: the floor leaves every entry as the mm expects between
         // figures: empty after the map/unmap figures, mapped read+write
         // with the pool's frame after the protect figures' fix-up below.
-        let e = unsafe { mm::raw_entry(va(base, i)) }.ok_or("no leaf entry")?;
+        let e = unsafe { K::raw_entry(at(i)) }.ok_or("no leaf entry")?;
         FLOOR_ENTRIES[i as usize].store(e as *const AtomicU64 as *mut AtomicU64, Ordering::Relaxed);
     }
     let entry = |i: u64| -> &AtomicU64 {
@@ -609,19 +753,17 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
         // as long as the kernel.
         unsafe { &*FLOOR_ENTRIES[i as usize].load(Ordering::Relaxed) }
     };
-    let rw_flags = pte_flags(Prot::READ_WRITE);
-    let ro_flags = pte_flags(Prot::READ);
-    let value = |i: u64, flags: u64| fr[i as usize].start_address().as_u64() | flags;
+    let rw_flags = K::flags(Prot::READ_WRITE);
+    let ro_flags = K::flags(Prot::READ);
+    let value = |i: u64, flags: u64| pool.frame(i) | flags;
     let batches = |b: u64| (0..n).step_by(b as usize);
-    let flush_range = |c: u64, b: u64| {
-        let mut inv = Invalidation::none();
-        inv.add_range(page(base, c), b as u32);
-        mm::invalidate_now(&inv)
-    };
+    let flush_range = |c: u64, b: u64| mm::invalidate_now(&K::invalidation(at(c), b));
 
-    for name in MM_FIGURES {
+    for &name in names {
         let protect = name.starts_with("protect");
-        for b in batch_sizes() {
+        let range = name.contains("range");
+        let touching = name.starts_with("map_touch");
+        for b in batch_sizes().take_while(|&b| b <= n) {
             for backend in ["immediate", "batched", "floor"] {
                 mm::set_backend(if backend == "immediate" {
                     Backend::Immediate
@@ -629,8 +771,7 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                     Backend::Batched
                 });
                 if protect {
-                    // SAFETY: as above.
-                    must(unsafe { mm::map(base, fr, Prot::READ_WRITE) });
+                    must(pool.map(base, 0, n, Prot::READ_WRITE));
                     mm::flush();
                 }
                 let mut flip = false;
@@ -651,9 +792,9 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                                 for i in pages.clone() {
                                     entry(i).store(value(i, rw_flags), Ordering::Release);
                                 }
-                                if name == "map_touch_unmap" {
+                                if touching {
                                     for i in pages.clone() {
-                                        touch(va(base, i));
+                                        touch(at(i));
                                     }
                                 }
                                 for i in pages {
@@ -667,44 +808,30 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                             floor_ipis += u64::from(flush_range(c, b));
                             continue;
                         }
-                        mm::batch(|| match name {
-                            "map_unmap" | "map_touch_unmap" => {
+                        mm::batch(|| match (protect, range) {
+                            (false, false) => {
                                 for i in pages.clone() {
-                                    // SAFETY: the pool's frame, as above.
-                                    must(unsafe {
-                                        mm::map(
-                                            va(base, i),
-                                            &fr[i as usize..=i as usize],
-                                            Prot::READ_WRITE,
-                                        )
-                                    });
+                                    must(pool.map(at(i), i, 1, Prot::READ_WRITE));
                                 }
-                                if name == "map_touch_unmap" {
+                                if touching {
                                     for i in pages.clone() {
-                                        touch(va(base, i));
+                                        touch(at(i));
                                     }
                                 }
                                 for i in pages {
-                                    must(mm::unmap(va(base, i), 1));
+                                    must(K::unmap(at(i), 1));
                                 }
                             }
-                            "map_unmap_range" => {
-                                // SAFETY: the pool's frames, as above.
-                                must(unsafe {
-                                    mm::map(
-                                        va(base, c),
-                                        &fr[c as usize..(c + b) as usize],
-                                        Prot::READ_WRITE,
-                                    )
-                                });
-                                must(mm::unmap(va(base, c), b));
+                            (false, true) => {
+                                must(pool.map(at(c), c, b, Prot::READ_WRITE));
+                                must(K::unmap(at(c), b));
                             }
-                            "protect" => {
+                            (true, false) => {
                                 for i in pages {
-                                    must(mm::protect(va(base, i), 1, prot));
+                                    must(K::protect(at(i), 1, prot));
                                 }
                             }
-                            _ => must(mm::protect(va(base, c), b, prot)),
+                            (true, true) => must(K::protect(at(c), b, prot)),
                         });
                     }
                 };
@@ -720,7 +847,7 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                         entry(i).store(value(i, rw_flags), Ordering::Release);
                     }
                     flush_range(0, n);
-                    must(mm::unmap(base, n));
+                    must(K::unmap(base, n));
                     mm::flush();
                 }
                 emit(&Figure {
@@ -734,6 +861,7 @@ fn mm_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                     timing: t,
                     counters: Some(&c),
                     checksum: None,
+                    page_bytes: K::BYTES,
                 });
             }
         }
@@ -798,6 +926,7 @@ fn cpu_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                 timing: t,
                 counters: Some(&c),
                 checksum: None,
+                page_bytes: 0,
             });
         }
     }
@@ -810,6 +939,7 @@ static READERS_STOP: AtomicBool = AtomicBool::new(false);
 static READ_PASSES: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
 static SMP_BASE: AtomicU64 = AtomicU64::new(0);
 static SMP_PAGES: AtomicU64 = AtomicU64::new(0);
+static SMP_STRIDE: AtomicU64 = AtomicU64::new(PAGE);
 
 /// A vCPU that keeps reading the pages (faults are expected once they are
 /// unmapped), so its TLB holds them and shootdowns must reach it.
@@ -817,9 +947,10 @@ fn reader(_: u64) {
     let me = percpu::cpu_index();
     let base = SMP_BASE.load(Ordering::Acquire);
     let n = SMP_PAGES.load(Ordering::Acquire);
+    let stride = SMP_STRIDE.load(Ordering::Acquire);
     while !READERS_STOP.load(Ordering::Acquire) {
         for i in 0..n {
-            let _ = probe_read(VirtAddr::new(base + i * PAGE));
+            let _ = probe_read(VirtAddr::new(base + i * stride));
             // PAUSE: a round-robin emulator (single-threaded TCG) moves to
             // the next vCPU here instead of at the end of a time slice.
             core::hint::spin_loop();
@@ -836,10 +967,17 @@ pub struct Readers {
 }
 
 impl Readers {
-    /// Starts `cpus` reading `pages` pages from `base`.
-    pub fn start(base: VirtAddr, pages: u64, cpus: &[usize]) -> Result<Readers, &'static str> {
+    /// Starts `cpus` reading `pages` pages of `stride` bytes from `base`
+    /// (one word each).
+    pub fn start(
+        base: VirtAddr,
+        pages: u64,
+        stride: u64,
+        cpus: &[usize],
+    ) -> Result<Readers, &'static str> {
         SMP_BASE.store(base.as_u64(), Ordering::Release);
         SMP_PAGES.store(pages, Ordering::Release);
+        SMP_STRIDE.store(stride, Ordering::Release);
         READERS_STOP.store(false, Ordering::Release);
         let mut r = Readers {
             cpus: heapless::Vec::new(),
@@ -894,9 +1032,30 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     // Small on purpose: with more vCPUs than host cores, an immediate
     // shootdown waits for descheduled vCPU threads (milliseconds each).
     let n = p.pages.min(256);
-    let base = VirtAddr::new(WINDOW_BASE + (36 << 30));
-    let pool = Pool::new(n)?;
-    let fr = &pool.frames;
+    smp_figures::<Pool>(
+        p,
+        VirtAddr::new(WINDOW_BASE + (36 << 30)),
+        n,
+        "unmap_shootdown",
+    )?;
+    let n2 = if p.quick { 4 } else { 16 };
+    smp_figures::<Pool2m>(
+        p,
+        VirtAddr::new(WINDOW_BASE + (56 << 30)),
+        n2,
+        "unmap_shootdown_2m",
+    )
+}
+
+/// Unmap with shootdown while 0..all other vCPUs keep reading the pages.
+fn smp_figures<K: Kind>(
+    p: &Params,
+    base: VirtAddr,
+    n: u64,
+    name: &'static str,
+) -> Result<(), &'static str> {
+    let pool = K::pool(n)?;
+    let at = |i: u64| VirtAddr::new_truncate(base.as_u64() + i * K::BYTES);
     let others = other_cpus();
     let b = RING_CAPACITY as u64;
     for v in 1..=others.len() + 1 {
@@ -906,13 +1065,12 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             } else {
                 Backend::Batched
             });
-            let readers = Readers::start(base, n, &others[..v - 1])?;
+            let readers = Readers::start(base, n, K::BYTES, &others[..v - 1])?;
             let mut samples: heapless::Vec<u64, MAX_REPS> = heapless::Vec::new();
             let mut counters = Counters::default();
             let reps = p.reps.min(7);
             for rep in 0..p.warmup + reps {
-                // SAFETY: the pool's frames, the benchmark's until dropped.
-                must(unsafe { mm::map(base, fr, Prot::READ) });
+                must(pool.map(base, 0, n, Prot::READ));
                 mm::flush();
                 readers.settle();
                 let before = mm::counters();
@@ -920,7 +1078,7 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                 for c in (0..n).step_by(b as usize) {
                     mm::batch(|| {
                         for i in c..(c + b).min(n) {
-                            must(mm::unmap(va(base, i), 1));
+                            must(K::unmap(at(i), 1));
                         }
                     });
                 }
@@ -935,7 +1093,7 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             let t = timing(&mut samples, n);
             emit(&Figure {
                 suite: "smp",
-                name: "unmap_shootdown",
+                name,
                 backend,
                 batch: b,
                 vcpus: v as u64,
@@ -944,10 +1102,10 @@ fn smp_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
                 timing: t,
                 counters: Some(&counters),
                 checksum: None,
+                page_bytes: K::BYTES,
             });
         }
     }
     drop(pool);
-    let _ = Identity;
     Ok(())
 }

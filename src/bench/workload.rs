@@ -179,50 +179,72 @@ fn cow_snapshot(pages: u64, writes: u64, seed: u64) -> Result<(u64, u64, u64), &
     Ok((sum, bad, copied))
 }
 
-/// One run of the arena. Returns its checksum.
-fn arena(rounds: u64, grow: u64, keep: u64, seed: u64) -> Result<u64, &'static str> {
-    let base = VirtAddr::new(ARENA_BASE);
+/// One run of the arena over `large` (2 MiB) or 4 KiB pages. Returns its
+/// checksum. The work per byte is the same for both sizes: a record every
+/// 64 bytes of a new page, a sampled word every 4 KiB of the live ones.
+fn arena(rounds: u64, grow: u64, keep: u64, seed: u64, large: bool) -> Result<u64, &'static str> {
+    let (base, bytes) = if large {
+        (VirtAddr::new(ARENA_2M_BASE), 2 << 20)
+    } else {
+        (VirtAddr::new(ARENA_BASE), PAGE)
+    };
+    let at = |pg: u64| base + pg * bytes;
     let mut rng = Rng(seed | 1);
     let (mut lo, mut hi) = (0u64, 0u64); // live pages [lo, hi)
     let mut sum = 0xcbf2_9ce4_8422_2325u64;
     for _ in 0..rounds {
         mm::batch(|| -> Result<(), &'static str> {
             for _ in 0..grow {
-                must(mm::map_anon(base + hi * PAGE, 1, Prot::READ_WRITE))?;
+                must(if large {
+                    mm::map_anon_2m(at(hi), 1, Prot::READ_WRITE)
+                } else {
+                    mm::map_anon(at(hi), 1, Prot::READ_WRITE)
+                })?;
                 hi += 1;
             }
             // Real work: fill the new pages with records and fold in a sample
             // of the older ones.
             for pg in hi - grow..hi {
-                for w in (0..WORDS).step_by(8) {
+                for w in (0..bytes / 8).step_by(8) {
                     let v = rng.next();
                     // SAFETY: mapped read+write just above (the store is in
                     // place, so the first touch needs no flush).
-                    unsafe { ((base + pg * PAGE + w * 8).as_u64() as *mut u64).write_volatile(v) };
+                    unsafe { ((at(pg) + w * 8).as_u64() as *mut u64).write_volatile(v) };
                 }
             }
             for pg in lo..hi {
-                // SAFETY: live pages of the arena.
-                let v = unsafe {
-                    ((base + pg * PAGE + ((pg * 7) % WORDS) * 8).as_u64() as *const u64)
-                        .read_volatile()
-                };
-                sum = fnv(sum, v);
+                for sub in 0..bytes / PAGE {
+                    let w = (pg * 7 + sub) % WORDS;
+                    // SAFETY: live pages of the arena.
+                    let v = unsafe {
+                        ((at(pg) + sub * PAGE + w * 8).as_u64() as *const u64).read_volatile()
+                    };
+                    sum = fnv(sum, v);
+                }
             }
             while hi - lo > keep {
-                must(mm::unmap(base + lo * PAGE, 1))?;
+                must(if large {
+                    mm::unmap_2m(at(lo), 1)
+                } else {
+                    mm::unmap(at(lo), 1)
+                })?;
                 lo += 1;
             }
             Ok(())
         })?;
     }
-    must(mm::unmap(base + lo * PAGE, hi - lo))?;
+    must(if large {
+        mm::unmap_2m(at(lo), hi - lo)
+    } else {
+        mm::unmap(at(lo), hi - lo)
+    })?;
     mm::flush();
     Ok(sum)
 }
 
 const COW_BASE: u64 = WINDOW_BASE + (44 << 30);
 const ARENA_BASE: u64 = WINDOW_BASE + (48 << 30);
+const ARENA_2M_BASE: u64 = WINDOW_BASE + (60 << 30);
 
 pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
     let (pages, writes, rounds) = if p.quick {
@@ -244,7 +266,7 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
         let mut samples: heapless::Vec<u64, 16> = heapless::Vec::new();
         let mut counters = Counters::default();
         let mut last = (0, 0, 0);
-        let readers = Readers::start(VirtAddr::new(COW_BASE), pages, &others)?;
+        let readers = Readers::start(VirtAddr::new(COW_BASE), pages, PAGE, &others)?;
         for _ in 0..reps {
             let before = mm::counters();
             let t0 = tsc::rdtsc();
@@ -269,6 +291,7 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             timing: timing(&mut samples, writes),
             counters: Some(&counters),
             checksum: Some(last.0),
+            page_bytes: PAGE,
         });
     }
     if sums[0] != sums[1] {
@@ -279,46 +302,57 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
         );
         return Err("cow_snapshot checksums differ across backends");
     }
-    for (k, backend) in [Backend::Immediate, Backend::Batched]
-        .into_iter()
-        .enumerate()
-    {
-        mm::set_backend(backend);
-        let mut samples: heapless::Vec<u64, 16> = heapless::Vec::new();
-        let mut counters = Counters::default();
-        let mut sum = 0;
-        // The arena lives within its first rounds * 8 pages; the readers
-        // sweep that whole span (unmapped parts fault, as expected).
-        let readers = Readers::start(VirtAddr::new(ARENA_BASE), rounds * 8, &others)?;
-        for _ in 0..reps {
-            let before = mm::counters();
-            let t0 = tsc::rdtsc();
-            sum = arena(rounds, 8, 64, 0xa2e4a)?;
-            let _ = samples.push(tsc::rdtsc() - t0);
-            counters.add(&mm::counters().since(&before));
+    // The arena, with 4 KiB pages and with 2 MiB ones: 8 pages a round
+    // and 64 live, or 1 a round and 2 live, each reader sweeping the span.
+    for (name, large, rounds, grow, keep) in [
+        ("arena", false, rounds, 8, 64),
+        ("arena_2m", true, rounds / 8, 1, 2),
+    ] {
+        let bytes = if large { 2 << 20 } else { PAGE };
+        let base = if large { ARENA_2M_BASE } else { ARENA_BASE };
+        for (k, backend) in [Backend::Immediate, Backend::Batched]
+            .into_iter()
+            .enumerate()
+        {
+            mm::set_backend(backend);
+            let mut samples: heapless::Vec<u64, 16> = heapless::Vec::new();
+            let mut counters = Counters::default();
+            let mut sum = 0;
+            // The arena lives within its first rounds * grow pages; the
+            // readers sweep that whole span (unmapped parts fault, as
+            // expected).
+            let readers = Readers::start(VirtAddr::new(base), rounds * grow, bytes, &others)?;
+            for _ in 0..reps {
+                let before = mm::counters();
+                let t0 = tsc::rdtsc();
+                sum = arena(rounds, grow, keep, 0xa2e4a, large)?;
+                let _ = samples.push(tsc::rdtsc() - t0);
+                counters.add(&mm::counters().since(&before));
+            }
+            drop(readers);
+            sums[k] = sum;
+            emit(&Figure {
+                suite: "workload",
+                name,
+                backend: backend.as_str(),
+                batch: grow,
+                vcpus,
+                ops: rounds * grow,
+                reps: reps as u64,
+                timing: timing(&mut samples, rounds * grow),
+                counters: Some(&counters),
+                checksum: Some(sum),
+                page_bytes: bytes,
+            });
         }
-        drop(readers);
-        sums[k] = sum;
-        emit(&Figure {
-            suite: "workload",
-            name: "arena",
-            backend: backend.as_str(),
-            batch: 8,
-            vcpus,
-            ops: rounds * 8,
-            reps: reps as u64,
-            timing: timing(&mut samples, rounds * 8),
-            counters: Some(&counters),
-            checksum: Some(sum),
-        });
-    }
-    if sums[0] != sums[1] {
-        log::error!(
-            "arena checksums differ: immediate {:#x}, batched {:#x}",
-            sums[0],
-            sums[1]
-        );
-        return Err("arena checksums differ across backends");
+        if sums[0] != sums[1] {
+            log::error!(
+                "{name} checksums differ: immediate {:#x}, batched {:#x}",
+                sums[0],
+                sums[1]
+            );
+            return Err("arena checksums differ across backends");
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@
 use core::fmt;
 use core::ptr::NonNull;
 
-use x86_64::structures::paging::{PhysFrame, Size4KiB};
+use x86_64::structures::paging::{PhysFrame, Size2MiB, Size4KiB};
 use x86_64::PhysAddr;
 
 use crate::phys::PhysMemory;
@@ -412,6 +412,74 @@ impl FrameAllocator {
         Ok(frame)
     }
 
+    /// Allocates one 2 MiB frame: 512 contiguous free frames from a 2 MiB
+    /// boundary, found as eight whole free bitmap words. Counts as one
+    /// allocation for [`set_fail_after`](Self::set_fail_after).
+    pub fn alloc_2m(&mut self) -> Result<PhysFrame<Size2MiB>, Error> {
+        const WORDS: usize = (512 / BITS_PER_WORD) as usize;
+        if self.fail_after == Some(0) {
+            self.fail_after = None;
+            return Err(Error::OutOfFrames);
+        }
+        if self.free < 512 {
+            return Err(Error::OutOfFrames);
+        }
+        let (used, _) = self.bitmaps_mut();
+        // A used bit is set for every frame that is not managed, so eight
+        // zero words are 512 managed, free frames.
+        let found = (0..used.len() / WORDS)
+            .map(|b| b * WORDS)
+            .find(|&i| used[i..i + WORDS].iter().all(|&w| w == 0));
+        let Some(i) = found else {
+            return Err(Error::OutOfFrames);
+        };
+        used[i..i + WORDS].fill(!0);
+        self.free -= 512;
+        if let Some(n) = self.fail_after.as_mut() {
+            *n -= 1;
+        }
+        Ok(PhysFrame::containing_address(frame_addr(
+            i as u64 * BITS_PER_WORD,
+        )))
+    }
+
+    /// [`alloc_2m`](Self::alloc_2m), zeroed through `mem`.
+    pub fn alloc_zeroed_2m(&mut self, mem: &impl PhysMemory) -> Result<PhysFrame<Size2MiB>, Error> {
+        const BYTES: usize = 2 << 20;
+        let frame = self.alloc_2m()?;
+        let Some(p) = mem.ptr(frame.start_address(), BYTES) else {
+            self.free_2m(frame)?;
+            return Err(Error::NotAccessible(PhysFrame::containing_address(
+                frame.start_address(),
+            )));
+        };
+        // SAFETY: `mem` promised 2 MiB of writable bytes at `p`, and the
+        // frames were just allocated, so nothing else uses them.
+        unsafe { p.write_bytes(0, BYTES) };
+        Ok(frame)
+    }
+
+    /// Returns a frame from [`alloc_2m`](Self::alloc_2m). Every one of its
+    /// 512 frames must be allocated; otherwise nothing is freed and the
+    /// error names the first that is not.
+    pub fn free_2m(&mut self, frame: PhysFrame<Size2MiB>) -> Result<(), Error> {
+        let first = frame_index(PhysFrame::containing_address(frame.start_address()));
+        for idx in first..first + 512 {
+            let f = frame_at(idx);
+            if !self.is_managed(f) {
+                return Err(Error::NotManaged(f));
+            }
+            if !self.is_allocated(f) {
+                return Err(Error::DoubleFree(f));
+            }
+        }
+        let (used, _) = self.bitmaps_mut();
+        let w = (first / BITS_PER_WORD) as usize;
+        used[w..w + 8].fill(0);
+        self.free += 512;
+        Ok(())
+    }
+
     /// Returns a frame from [`alloc`](Self::alloc) to the free pool.
     pub fn free(&mut self, frame: PhysFrame) -> Result<(), Error> {
         let idx = frame_index(frame);
@@ -752,6 +820,68 @@ mod tests {
         assert_eq!(got.len(), got_set.len(), "a frame was handed out twice");
         assert_eq!(got_set, expected);
         assert_eq!(m.fa.free_frames(), 0);
+    }
+
+    /// 2 MiB frames: aligned, 512 free frames each, refused when no
+    /// aligned run is free, given back whole; a free of a frame whose
+    /// frames are not all allocated changes nothing.
+    #[test]
+    fn two_mib_frames() {
+        // RAM from 1 MiB to 10 MiB: the bitmap takes the first frames at
+        // 1 MiB, so the aligned 2 MiB runs are at 2, 4, 6 and 8 MiB.
+        let ram = FakeRam::new(0, (10 * MIB) as usize);
+        let mut m = machine(ram, &[region(MIB, 9 * MIB, RegionKind::Ram)], &[]);
+        let free = m.fa.free_frames();
+        let a = m.fa.alloc_zeroed_2m(&m.ram).unwrap();
+        assert_eq!(a.start_address().as_u64() % (2 * MIB), 0);
+        assert_eq!(m.fa.free_frames(), free - 512);
+        let mut got = vec![a];
+        while let Ok(f) = m.fa.alloc_2m() {
+            got.push(f);
+        }
+        assert_eq!(got.len(), 4, "{got:?}");
+        // Give one run back, then take 4 KiB frames until one lands in it:
+        // no aligned run is whole any more.
+        let last = got.pop().unwrap();
+        m.fa.free_2m(last).unwrap();
+        let inside = |f: PhysFrame| {
+            let a = f.start_address().as_u64();
+            let base = last.start_address().as_u64();
+            (base..base + 2 * MIB).contains(&a)
+        };
+        let mut small = Vec::new();
+        let taken = loop {
+            let f = m.fa.alloc().unwrap();
+            small.push(f);
+            if inside(f) {
+                break f;
+            }
+        };
+        assert_eq!(m.fa.alloc_2m(), Err(Error::OutOfFrames));
+        // A 2 MiB free of a run that is only partly allocated is refused
+        // naming its first free frame, and changes nothing.
+        let base = last.start_address().as_u64();
+        let first_free = if taken.start_address().as_u64() == base {
+            base + 4096
+        } else {
+            base
+        };
+        let before = m.fa.free_frames();
+        assert_eq!(
+            m.fa.free_2m(last),
+            Err(Error::DoubleFree(frame(first_free)))
+        );
+        assert_eq!(m.fa.free_frames(), before);
+        for f in small {
+            m.fa.free(f).unwrap();
+        }
+        for f in got {
+            m.fa.free_2m(f).unwrap();
+        }
+        assert!(matches!(m.fa.free_2m(a), Err(Error::DoubleFree(_))));
+        m.fa.set_fail_after(Some(0));
+        assert_eq!(m.fa.alloc_2m(), Err(Error::OutOfFrames));
+        assert!(m.fa.alloc_2m().is_ok());
     }
 
     #[test]

@@ -55,7 +55,9 @@ use crate::phys::PhysMemory;
 use crate::queue::{Applied, Cr, Drain, Entry, Invalidation, Queue, Trigger};
 use crate::sync::SpinLock;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use x86_64::structures::paging::{Page, PageTableFlags as F, PhysFrame, Size4KiB};
+use x86_64::structures::paging::{Page, PageTableFlags as F, PhysFrame, Size2MiB, Size4KiB};
+
+mod large;
 use x86_64::{PhysAddr, VirtAddr};
 
 /// Where the window starts: 16 TiB, PML4 slot 32, far from the identity map
@@ -85,6 +87,8 @@ const GEN_MASK: u64 = (1 << 40) - 1;
 const CPU_SHIFT: u32 = 52;
 const CPU_MASK: u64 = 0x7f;
 const PRESENT: u64 = F::PRESENT.bits();
+/// A 2 MiB entry's frame: bits 21-51 (bit 12 would be PAT, unused here).
+const ADDR_MASK_2M: u64 = 0x000f_ffff_ffe0_0000;
 const _: () = assert!(MAX_CPUS as u64 <= CPU_MASK + 1);
 
 /// What a mapping allows. Readable always (x86 has no write-only pages);
@@ -149,6 +153,16 @@ pub enum Error {
     OutOfTables,
     /// The page tables are not what the mm built (a bug, reported).
     Corrupt(paging::Error),
+    /// A 2 MiB call's address or frame is not 2 MiB-aligned.
+    Unaligned2M(u64),
+    /// The 2 MiB of the window at `addr` holds pages of size `here`, and
+    /// the call is for the other size: a 4 KiB call inside a 2 MiB mapping
+    /// (which would split it), a 2 MiB call where 4 KiB tables exist, or a
+    /// range that mixes the two.
+    WrongPageSize {
+        addr: VirtAddr,
+        here: PageSize,
+    },
 }
 
 impl core::fmt::Display for Error {
@@ -169,6 +183,47 @@ impl core::fmt::Display for Error {
             Error::OutOfFrames => write!(f, "out of physical frames"),
             Error::OutOfTables => write!(f, "out of frames for page tables"),
             Error::Corrupt(e) => write!(f, "page tables corrupt: {e}"),
+            Error::Unaligned2M(a) => write!(f, "{a:#x} is not 2 MiB-aligned"),
+            Error::WrongPageSize { addr, here } => write!(
+                f,
+                "{:#x}: this 2 MiB of the window holds {} pages, and the call is for {} pages \
+                 (a slot keeps the page size of its first mapping; 2 MiB mappings are not split)",
+                addr.as_u64(),
+                here.name(),
+                here.other().name()
+            ),
+        }
+    }
+}
+
+/// The two page sizes the window maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageSize {
+    /// 4 KiB, in a leaf table.
+    Small,
+    /// 2 MiB, one page-directory entry.
+    Large,
+}
+
+impl PageSize {
+    pub fn bytes(self) -> u64 {
+        match self {
+            PageSize::Small => 4096,
+            PageSize::Large => 2 << 20,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PageSize::Small => "4 KiB",
+            PageSize::Large => "2 MiB",
+        }
+    }
+
+    fn other(self) -> PageSize {
+        match self {
+            PageSize::Small => PageSize::Large,
+            PageSize::Large => PageSize::Small,
         }
     }
 }
@@ -211,6 +266,9 @@ pub trait Mmu {
 pub unsafe trait Frames: TableAlloc {
     fn alloc_zeroed(&mut self) -> Option<PhysFrame>;
     fn free(&mut self, frame: PhysFrame);
+    /// 512 contiguous zeroed frames, 2 MiB-aligned.
+    fn alloc_zeroed_2m(&mut self) -> Option<PhysFrame<Size2MiB>>;
+    fn free_2m(&mut self, frame: PhysFrame<Size2MiB>);
 }
 
 /// What [`Mm::translate`] found.
@@ -220,18 +278,24 @@ pub struct Translation {
     pub prot: Prot,
     /// The frame belongs to the mapping (map_anon).
     pub owned: bool,
+    pub size: PageSize,
 }
 
 /// One leaf table: 512 entries, read and written as atomics because the
 /// MMU reads them (and sets A/D bits) concurrently.
 type Table = [AtomicU64; 512];
 
+/// Tags a [`TableSlot`] word that points at a page-directory entry.
+const SLOT_LARGE: u64 = 1;
+
 /// Per 2 MiB of the window: where its leaf table is, its lock, and when it
 /// was last written. 16 bytes, so the three travel in one cache line.
 #[repr(C, align(16))]
 pub struct TableSlot {
-    /// A pointer to the leaf table, 0 while none exists. Tables are never
-    /// freed, so a published word never goes stale.
+    /// A pointer to the leaf table (bit 0 clear), or to the page-directory
+    /// entry that maps this 2 MiB as one large page (bit 0 set); 0 while
+    /// neither exists. Tables are never freed, so a published word never
+    /// goes stale, and a slot keeps the page size of its first mapping.
     table: AtomicU64,
     /// 0 when free, else the holder's index + 1.
     lock: AtomicU32,
@@ -254,11 +318,32 @@ impl TableSlot {
     #[inline]
     fn table(&self) -> Option<&Table> {
         let p = self.table.load(Ordering::Acquire);
-        // SAFETY: a non-zero word is a pointer to a leaf table that
-        // `ensure_tables` created and published (Release, paired with the
-        // Acquire above); tables live as long as the window (`Window::new`'s
-        // contract) and hold only 8-byte entries, valid as AtomicU64.
-        (p != 0).then(|| unsafe { &*(p as *const Table) })
+        // SAFETY: a non-zero word with bit 0 clear is a pointer to a leaf
+        // table that `make_tables` created and published (Release, paired
+        // with the Acquire above); tables live as long as the window
+        // (`Window::new`'s contract) and hold only 8-byte entries, valid as
+        // AtomicU64.
+        (p != 0 && p & SLOT_LARGE == 0).then(|| unsafe { &*(p as *const Table) })
+    }
+
+    /// The page-directory entry of a slot that holds a 2 MiB page.
+    #[inline]
+    fn large(&self) -> Option<&AtomicU64> {
+        let p = self.table.load(Ordering::Acquire);
+        // SAFETY: bit 0 set: `make_large` published the address of this
+        // 2 MiB's page-directory entry, in a table that lives as long as
+        // the window; an aligned 8-byte entry, valid as AtomicU64.
+        (p & SLOT_LARGE != 0).then(|| unsafe { &*((p & !SLOT_LARGE) as *const AtomicU64) })
+    }
+
+    /// The page size the slot holds, once something made it one.
+    #[inline]
+    fn size(&self) -> Option<PageSize> {
+        match self.table.load(Ordering::Acquire) {
+            0 => None,
+            p if p & SLOT_LARGE != 0 => Some(PageSize::Large),
+            _ => Some(PageSize::Small),
+        }
     }
 
     /// Takes this table's lock for vCPU `me`. A vCPU that already holds it
@@ -455,10 +540,20 @@ impl<'m, M: PhysMemory> Window<'m, M> {
             .map(|t| &t[(n & 511) as usize])
     }
 
-    /// The first table of `first..end` that does not exist yet.
+    /// The first slot of `first..end` without a leaf table (none made yet,
+    /// or one holding a 2 MiB page).
     #[inline]
     fn missing_table(&self, first: usize, end: usize) -> Option<usize> {
-        (first..end).find(|&t| self.slots[t].table.load(Ordering::Acquire) == 0)
+        (first..end).find(|&t| self.slots[t].table().is_none())
+    }
+
+    /// `WrongPageSize` for slot `t` of a 4 KiB run, naming the run's first
+    /// page in it.
+    fn large_in_the_way(run: Run, t: usize) -> Error {
+        Error::WrongPageSize {
+            addr: va_at(run.first.max((t as u64) << 9)),
+            here: PageSize::Large,
+        }
     }
 
     /// Creates the leaf tables the run needs.
@@ -467,21 +562,24 @@ impl<'m, M: PhysMemory> Window<'m, M> {
         let (first, end) = run.tables();
         match self.missing_table(first, end) {
             None => Ok(()),
-            Some(from) => self.make_tables(from, end, alloc),
+            Some(from) => self.make_tables(run, from, end, alloc),
         }
     }
 
     #[cold]
     fn make_tables(
         &self,
+        run: Run,
         from: usize,
         end: usize,
         alloc: &mut dyn TableAlloc,
     ) -> Result<(), Error> {
         let mut made = self.grow.lock();
         for t in from..end {
-            if self.slots[t].table.load(Ordering::Acquire) != 0 {
-                continue; // made already, maybe by another vCPU meanwhile
+            match self.slots[t].size() {
+                Some(PageSize::Small) => continue, // made meanwhile, maybe elsewhere
+                Some(PageSize::Large) => return Err(Self::large_in_the_way(run, t)),
+                None => {}
             }
             let page = page_at((t as u64) << 9);
             let mut counting = Counting {
@@ -583,15 +681,28 @@ impl<'m, M: PhysMemory> Window<'m, M> {
         if !(WINDOW_BASE..WINDOW_BASE + WINDOW_SIZE).contains(&a) {
             return None;
         }
-        let e = self.entry((a - WINDOW_BASE) >> 12)?.load(Ordering::Acquire);
+        let slot = &self.slots[((a - WINDOW_BASE) >> 21) as usize];
+        let (e, offset_mask, addr_mask) = match slot.large() {
+            Some(pde) => (pde.load(Ordering::Acquire), (2u64 << 20) - 1, ADDR_MASK_2M),
+            None => (
+                self.entry((a - WINDOW_BASE) >> 12)?.load(Ordering::Acquire),
+                0xfff,
+                ADDR_MASK,
+            ),
+        };
         if e & PRESENT == 0 {
             return None;
         }
-        let pte = Pte::from_bits(e);
+        let flags = F::from_bits_truncate(e);
         Some(Translation {
-            phys: pte.addr() + (a & 0xfff),
-            prot: Prot::from_flags(pte.flags()),
-            owned: pte.flags().contains(OWNED),
+            phys: PhysAddr::new((e & addr_mask) + (a & offset_mask)),
+            prot: Prot::from_flags(flags),
+            owned: flags.contains(OWNED),
+            size: if slot.large().is_some() {
+                PageSize::Large
+            } else {
+                PageSize::Small
+            },
         })
     }
 
@@ -962,6 +1073,7 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
             start: run.start(),
             count: run.count as u32,
             release,
+            large: false,
         });
         self.flush(Trigger::Remap);
     }
@@ -974,8 +1086,7 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         let w = self.window;
         let (first, end) = run.tables();
         if let Some(t) = w.missing_table(first, end) {
-            let n = run.first.max((t as u64) << 9);
-            return Err(Error::NotMapped(va_at(n)));
+            return Err(Self::unmapped_at(w, run, t));
         }
         w.lock(first, end, self.me);
         let checked = w.each(run, |n, entries| {
@@ -994,6 +1105,16 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         Ok((first, end))
     }
 
+    /// Why a 4 KiB unmap or protect finds no leaf table in slot `t`: a 2
+    /// MiB page lives there (it would be split), or nothing was ever mapped.
+    #[cold]
+    fn unmapped_at(w: &Window<'_, M>, run: Run, t: usize) -> Error {
+        match w.slots[t].size() {
+            Some(PageSize::Large) => Window::<M>::large_in_the_way(run, t),
+            _ => Error::NotMapped(va_at(run.first.max((t as u64) << 9))),
+        }
+    }
+
     /// Unmaps `pages` pages at `va`, releasing the frames map_anon gave
     /// them once no TLB can reach them.
     #[inline]
@@ -1002,7 +1123,11 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         let who = (self.me as u64) << CPU_SHIFT;
         if run.count == 1 {
             let Some((slot, entry)) = self.lock_one(run.first) else {
-                return Err(Error::NotMapped(va));
+                return Err(Self::unmapped_at(
+                    self.window,
+                    run,
+                    (run.first >> 9) as usize,
+                ));
             };
             let old = entry.load(Ordering::Relaxed);
             if old & PRESENT == 0 {
@@ -1022,6 +1147,7 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
                 start: run.start(),
                 count: 1,
                 release,
+                large: false,
             });
             self.settle();
             return Ok(());
@@ -1056,6 +1182,7 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
             start: run.start(),
             count: pages as u32,
             release,
+            large: false,
         });
         self.settle();
         Ok(())
@@ -1068,7 +1195,11 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         let flags = prot.flags()?.bits();
         if run.count == 1 {
             let Some((slot, entry)) = self.lock_one(run.first) else {
-                return Err(Error::NotMapped(va));
+                return Err(Self::unmapped_at(
+                    self.window,
+                    run,
+                    (run.first >> 9) as usize,
+                ));
             };
             if entry.load(Ordering::Relaxed) & PRESENT == 0 {
                 slot.unlock();
@@ -1084,6 +1215,7 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
                     start: run.start(),
                     count: 1,
                     release: false,
+                    large: false,
                 });
             }
             self.settle();
@@ -1113,6 +1245,7 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
                 start: run.start(),
                 count: pages as u32,
                 release: false,
+                large: false,
             });
         }
         self.settle();
@@ -1136,10 +1269,12 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         if !(WINDOW_BASE..WINDOW_BASE + WINDOW_SIZE).contains(&a) {
             return false;
         }
-        let Some(e) = self.window.entry((a - WINDOW_BASE) >> 12) else {
-            return false;
+        let slot = &self.window.slots[((a - WINDOW_BASE) >> 21) as usize];
+        let e = match (slot.large(), self.window.entry((a - WINDOW_BASE) >> 12)) {
+            (Some(pde), _) => pde.load(Ordering::Acquire),
+            (None, Some(e)) => e.load(Ordering::Acquire),
+            (None, None) => return false,
         };
-        let e = e.load(Ordering::Acquire);
         let allowed = e & PRESENT != 0
             && (!write || e & F::WRITABLE.bits() != 0)
             && (!fetch || e & F::NO_EXECUTE.bits() == 0);
@@ -1223,7 +1358,10 @@ impl<M: PhysMemory, Fr: Frames, U: Mmu> Drain for Flusher<'_, '_, M, Fr, U> {
         self.mmu.shootdown(inv)
     }
 
-    fn release_range(&mut self, start: Page, count: u32) -> u64 {
+    fn release_range(&mut self, start: Page, count: u32, large: bool) -> u64 {
+        if large {
+            return self.release_large(start, count);
+        }
         let w = self.window;
         let run = Run {
             first: (start.start_address().as_u64() - WINDOW_BASE) >> 12,
@@ -1257,6 +1395,35 @@ impl<M: PhysMemory, Fr: Frames, U: Mmu> Drain for Flusher<'_, '_, M, Fr, U> {
 
     fn release(&mut self, frame: PhysFrame) {
         self.frames.free(frame);
+    }
+}
+
+impl<M: PhysMemory, Fr: Frames, U: Mmu> Flusher<'_, '_, M, Fr, U> {
+    /// `release_range` for 2 MiB pages: the marks are in the slots'
+    /// page-directory entries.
+    fn release_large(&mut self, start: Page, count: u32) -> u64 {
+        let w = self.window;
+        let first = ((start.start_address().as_u64() - WINDOW_BASE) >> 21) as usize;
+        let mut released = 0;
+        for slot in &w.slots[first..first + count as usize] {
+            let Some(pde) = slot.large() else { continue };
+            slot.lock(self.me);
+            let e = pde.load(Ordering::Relaxed);
+            let mine = e & (MARK | RELEASE | PRESENT) == MARK | RELEASE
+                && ((e >> CPU_SHIFT) & CPU_MASK) as usize == self.me;
+            if mine {
+                pde.store(0, Ordering::Relaxed);
+                self.frames
+                    .free_2m(PhysFrame::containing_address(PhysAddr::new(
+                        e & ADDR_MASK_2M,
+                    )));
+                released += 1;
+                self.pte_writes += 1;
+                self.tables_unsynced += slot.note_write(w.sync_epoch.load(Ordering::Relaxed));
+            }
+            slot.unlock();
+        }
+        released
     }
 }
 

@@ -14,24 +14,27 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 
-use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::structures::paging::{Page, PhysFrame, Size2MiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 use crate::mm::{
-    Error, Frames, Mm, Mmu, Prot, TableSlot, Window, MAX_CPUS, OWNED, WINDOW_BASE, WINDOW_SIZE,
-    WINDOW_TABLES,
+    Error, Frames, Mm, Mmu, PageSize, Prot, TableSlot, Window, MAX_CPUS, OWNED, WINDOW_BASE,
+    WINDOW_SIZE, WINDOW_TABLES,
 };
-use crate::paging::{PageTables, TableAlloc};
+use crate::paging::{LeafSize, PageTables, TableAlloc};
 use crate::phys::fake::FakeRam;
 use crate::phys::PhysMemory;
 use crate::queue::{Counters, Cr, Entry, Invalidation, Queue, Trigger, INVLPG_CEILING};
 
-/// Fake RAM: the root table, then page-table frames, then data frames.
-const RAM_BASE: u64 = 0x10_0000;
+/// Fake RAM: the root table, then page-table frames, then data frames,
+/// then 2 MiB data frames from a 2 MiB boundary.
+const RAM_BASE: u64 = 0x20_0000;
 const TABLE_FRAMES: u64 = 256;
 const DATA_FRAMES: u64 = 1024;
 const DATA_BASE: u64 = RAM_BASE + (1 + TABLE_FRAMES) * 4096;
-const RAM_LEN: usize = ((1 + TABLE_FRAMES + DATA_FRAMES) * 4096) as usize;
+const LARGE_FRAMES: u64 = 6;
+const LARGE_BASE: u64 = (DATA_BASE + DATA_FRAMES * 4096).next_multiple_of(TWO_MIB);
+const RAM_LEN: usize = (LARGE_BASE + LARGE_FRAMES * TWO_MIB - RAM_BASE) as usize;
 /// Frames `map` is given, as a driver would map a device (never read).
 const DEVICE_BASE: u64 = 0x80_0000_0000;
 const TWO_MIB: u64 = 0x20_0000;
@@ -60,6 +63,19 @@ fn device(i: u64) -> PhysFrame {
     frame(DEVICE_BASE + i * 4096)
 }
 
+fn frame_2m(pa: u64) -> PhysFrame<Size2MiB> {
+    PhysFrame::containing_address(PhysAddr::new(pa))
+}
+
+fn device_2m(i: u64) -> PhysFrame<Size2MiB> {
+    frame_2m(DEVICE_BASE + i * TWO_MIB)
+}
+
+/// The 2 MiB-aligned base of `p`'s 2 MiB.
+fn base_2m(p: Page) -> Page {
+    page(p.start_address().as_u64() & !(TWO_MIB - 1))
+}
+
 /// Memory that must outlive the [`Window`] that borrows it.
 struct Env {
     ram: FakeRam,
@@ -77,25 +93,45 @@ impl Env {
     }
 }
 
-/// One simulated TLB, with a count of entries per frame so the release
-/// check is cheap.
+/// One simulated TLB: 4 KiB entries, with a count per frame so the release
+/// check is cheap, and 2 MiB entries (one per large page, as hardware
+/// keeps them), keyed by the large page's base.
 #[derive(Default)]
 struct Tlb {
     map: HashMap<Page, Seen>,
     frames: HashMap<PhysFrame, u32>,
+    large: HashMap<Page, Seen>,
 }
 
 impl Tlb {
+    /// What a 4 KiB page translates to: a 4 KiB entry, or the 2 MiB entry
+    /// covering it (its frame's address plus the offset).
     fn get(&self, p: Page) -> Option<Seen> {
-        self.map.get(&p).copied()
+        if let Some(s) = self.map.get(&p) {
+            return Some(*s);
+        }
+        let b = base_2m(p);
+        self.large
+            .get(&b)
+            .map(|&(pa, prot, owned)| (pa + (p.start_address() - b.start_address()), prot, owned))
     }
 
-    fn insert(&mut self, p: Page, s: Seen) {
+    fn insert(&mut self, p: Page, s: Seen, size: PageSize) {
         self.remove(p);
-        self.map.insert(p, s);
-        *self.frames.entry(frame(s.0.as_u64())).or_default() += 1;
+        match size {
+            PageSize::Small => {
+                self.map.insert(p, s);
+                *self.frames.entry(frame(s.0.as_u64())).or_default() += 1;
+            }
+            PageSize::Large => {
+                let b = base_2m(p);
+                let base = PhysAddr::new(s.0.as_u64() - (p.start_address() - b.start_address()));
+                self.large.insert(b, (base, s.1, s.2));
+            }
+        }
     }
 
+    /// `invlpg`: drops whatever entry translates the address, of either size.
     fn remove(&mut self, p: Page) {
         if let Some(old) = self.map.remove(&p) {
             let f = frame(old.0.as_u64());
@@ -105,15 +141,33 @@ impl Tlb {
                 self.frames.remove(&f);
             }
         }
+        self.large.remove(&base_2m(p));
     }
 
     fn clear(&mut self) {
         self.map.clear();
         self.frames.clear();
+        self.large.clear();
     }
 
+    /// Whether any entry reaches 4 KiB frame `f`.
     fn reaches(&self, f: PhysFrame) -> bool {
+        let a = f.start_address().as_u64();
         self.frames.contains_key(&f)
+            || self
+                .large
+                .values()
+                .any(|s| (s.0.as_u64()..s.0.as_u64() + TWO_MIB).contains(&a))
+    }
+
+    /// Whether any entry reaches a byte of 2 MiB frame `f`.
+    fn reaches_2m(&self, f: PhysFrame<Size2MiB>) -> bool {
+        let base = f.start_address().as_u64();
+        let inside = |a: u64| (base..base + TWO_MIB).contains(&a);
+        self.frames
+            .keys()
+            .any(|k| inside(k.start_address().as_u64()))
+            || self.large.values().any(|s| s.0.as_u64() == base)
     }
 }
 
@@ -132,6 +186,10 @@ struct Machine<'e> {
     /// Allocations left before one fails (fault injection).
     fail_after: Cell<Option<u64>>,
     released: RefCell<Vec<PhysFrame>>,
+    /// 2 MiB data frames, as `free`; and what came back.
+    free_2m: RefCell<Vec<PhysFrame<Size2MiB>>>,
+    allocated_2m: RefCell<HashSet<PhysFrame<Size2MiB>>>,
+    released_2m: RefCell<Vec<PhysFrame<Size2MiB>>>,
     cr_writes: RefCell<Vec<(usize, Cr, u64)>>,
     shootdowns: Cell<u64>,
     /// Set false to model a kernel that forgot the shootdown.
@@ -162,13 +220,25 @@ impl Machine<'_> {
     /// What the tables say about `p` (a walk from the root, as the MMU
     /// does it).
     fn walk(&self, p: Page) -> Option<Seen> {
+        self.walk_sized(p).map(|(s, _)| s)
+    }
+
+    fn walk_sized(&self, p: Page) -> Option<(Seen, PageSize)> {
         // SAFETY: the harness's tables, read only.
         let t = unsafe { PageTables::new(self.ram, self.root) };
         let tr = t.translate(p.start_address()).ok()?;
+        let size = match tr.size {
+            LeafSize::Page4KiB => PageSize::Small,
+            LeafSize::Page2MiB => PageSize::Large,
+            LeafSize::Page1GiB => unreachable!("the window maps no 1 GiB pages"),
+        };
         Some((
-            tr.phys,
-            Prot::from_flags(tr.flags),
-            tr.flags.contains(OWNED),
+            (
+                tr.phys,
+                Prot::from_flags(tr.flags),
+                tr.flags.contains(OWNED),
+            ),
+            size,
         ))
     }
 }
@@ -264,6 +334,39 @@ unsafe impl Frames for Pool<'_, '_> {
         self.m.free.borrow_mut().push(f);
         self.m.released.borrow_mut().push(f);
     }
+    fn alloc_zeroed_2m(&mut self) -> Option<PhysFrame<Size2MiB>> {
+        if let Some(n) = self.m.fail_after.get() {
+            if n == 0 {
+                self.m.fail_after.set(None);
+                return None;
+            }
+            self.m.fail_after.set(Some(n - 1));
+        }
+        let f = self.m.free_2m.borrow_mut().pop()?;
+        self.m
+            .ram
+            .write(f.start_address().as_u64(), &vec![0u8; TWO_MIB as usize]);
+        self.m.allocated_2m.borrow_mut().insert(f);
+        Some(f)
+    }
+
+    fn free_2m(&mut self, f: PhysFrame<Size2MiB>) {
+        if !self.m.allocated_2m.borrow_mut().remove(&f) {
+            self.m.violation(format!(
+                "{f:?} freed, but it is not allocated (double or foreign free)"
+            ));
+            return;
+        }
+        for (cpu, tlb) in self.m.tlbs.borrow().iter().enumerate() {
+            if tlb.reaches_2m(f) {
+                self.m.violation(format!(
+                    "{f:?} released while cpu{cpu}'s TLB still reaches it"
+                ));
+            }
+        }
+        self.m.free_2m.borrow_mut().push(f);
+        self.m.released_2m.borrow_mut().push(f);
+    }
 }
 
 /// The mm core on N simulated vCPUs.
@@ -297,6 +400,14 @@ impl<'e> Harness<'e> {
             allocated: RefCell::new(HashSet::new()),
             fail_after: Cell::new(None),
             released: RefCell::new(Vec::new()),
+            free_2m: RefCell::new(
+                (0..LARGE_FRAMES)
+                    .rev()
+                    .map(|i| frame_2m(LARGE_BASE + i * TWO_MIB))
+                    .collect(),
+            ),
+            allocated_2m: RefCell::new(HashSet::new()),
+            released_2m: RefCell::new(Vec::new()),
             cr_writes: RefCell::new(Vec::new()),
             shootdowns: Cell::new(0),
             shootdowns_work: Cell::new(true),
@@ -353,6 +464,31 @@ impl<'e> Harness<'e> {
         self.on(cpu, |m| m.flush(Trigger::Explicit));
     }
 
+    fn map_2m(
+        &mut self,
+        cpu: usize,
+        va: u64,
+        frames: &[PhysFrame<Size2MiB>],
+        prot: Prot,
+    ) -> Result<(), Error> {
+        // SAFETY: device frames, never read or written through fake RAM.
+        self.on(cpu, |m| unsafe {
+            m.map_2m(VirtAddr::new(va), frames, prot)
+        })
+    }
+
+    fn map_anon_2m(&mut self, cpu: usize, va: u64, count: u64, prot: Prot) -> Result<(), Error> {
+        self.on(cpu, |m| m.map_anon_2m(VirtAddr::new(va), count, prot))
+    }
+
+    fn unmap_2m(&mut self, cpu: usize, va: u64, count: u64) -> Result<(), Error> {
+        self.on(cpu, |m| m.unmap_2m(VirtAddr::new(va), count))
+    }
+
+    fn protect_2m(&mut self, cpu: usize, va: u64, count: u64, prot: Prot) -> Result<(), Error> {
+        self.on(cpu, |m| m.protect_2m(VirtAddr::new(va), count, prot))
+    }
+
     fn enter(&mut self, cpu: usize) {
         self.on(cpu, |m| m.enter_lazy_mmu());
     }
@@ -375,8 +511,8 @@ impl<'e> Harness<'e> {
         if let Some(s) = self.m.tlbs.borrow()[cpu].get(p) {
             return Some(s);
         }
-        let s = self.m.walk(p)?;
-        self.m.tlbs.borrow_mut()[cpu].insert(p, s);
+        let (s, size) = self.m.walk_sized(p)?;
+        self.m.tlbs.borrow_mut()[cpu].insert(p, s, size);
         Some(s)
     }
 
@@ -412,7 +548,7 @@ impl<'e> Harness<'e> {
         }
         let tlbs = self.m.tlbs.borrow();
         for (cpu, tlb) in tlbs.iter().enumerate() {
-            for (&p, &s) in &tlb.map {
+            for (&p, &s) in tlb.map.iter().chain(&tlb.large) {
                 assert_eq!(self.m.walk(p), Some(s), "cpu{cpu}'s TLB disagrees on {p:?}");
             }
         }
@@ -1052,6 +1188,209 @@ fn taking_a_held_table_lock_again_panics() {
     let _ = h.unmap(0, wva(0), 1);
 }
 
+// ------------------------------------------------------------ 2 MiB pages
+
+fn lva(slot: u64) -> u64 {
+    WINDOW_BASE + slot * TWO_MIB
+}
+
+/// A 2 MiB page reads back at every offset on every vCPU, is one entry
+/// and one invalidation, and its frame goes back only after the shootdown.
+#[test]
+fn a_large_page_maps_reads_back_and_unmaps() {
+    let env = Env::new();
+    let mut h = Harness::new(&env, 2, 4, true);
+    h.map_anon_2m(0, lva(8), 2, RW).unwrap();
+    let f = h.tables(page(lva(8))).unwrap().0;
+    assert_eq!(f.as_u64() % TWO_MIB, 0);
+    assert!(h.m.allocated_2m.borrow().contains(&frame_2m(f.as_u64())));
+    for off in [0, 4096, TWO_MIB - 4096] {
+        let p = page(lva(8) + off);
+        assert_eq!(h.touch(1, p), Some((f + off, RW, true)), "offset {off:#x}");
+    }
+    let t = h
+        .on(0, |m| m.translate(VirtAddr::new(lva(9) + 0x1234)))
+        .unwrap();
+    assert_eq!(
+        (t.size, t.owned, t.phys.as_u64() & (TWO_MIB - 1)),
+        (PageSize::Large, true, 0x1234)
+    );
+    let c = h.counters(0);
+    assert_eq!((c.pte_writes, c.pte_writes_2m), (2, 2));
+    h.unmap_2m(0, lva(8), 2).unwrap();
+    assert_eq!(h.tables(page(lva(8) + 4096)), None, "in place");
+    assert!(
+        h.touch(1, page(lva(8))).is_some(),
+        "cpu1's TLB still holds it until the flush"
+    );
+    assert!(h.m.allocated_2m.borrow().contains(&frame_2m(f.as_u64())));
+    let before = h.counters(0);
+    h.flush(0);
+    let c = h.counters(0).since(&before);
+    assert_eq!(
+        (c.invlpg, c.full_flushes, c.shootdowns),
+        (2, 0, 1),
+        "one invlpg per 2 MiB page"
+    );
+    assert_eq!((c.frames_released, c.frames_released_2m), (2, 2));
+    assert_eq!(h.touch(1, page(lva(8) + 8192)), None);
+    assert!(h.m.allocated_2m.borrow().is_empty());
+    h.assert_clean();
+}
+
+/// A 2 MiB page counts once against the invlpg ceiling.
+#[test]
+fn large_pages_count_once_against_the_ceiling() {
+    let env = Env::new();
+    let mut h = Harness::new(&env, 1, 0, true);
+    let n = INVLPG_CEILING as u64 + 1;
+    let frames: Vec<PhysFrame<Size2MiB>> = (0..n).map(device_2m).collect();
+    h.map_2m(0, lva(64), &frames, RO).unwrap();
+    h.protect_2m(0, lva(64), n - 1, RW).unwrap();
+    let before = h.counters(0);
+    h.flush(0);
+    let c = h.counters(0).since(&before);
+    assert_eq!((c.invlpg, c.full_flushes), (n - 1, 0));
+    h.protect_2m(0, lva(64), n, RO).unwrap();
+    let before = h.counters(0);
+    h.flush(0);
+    assert_eq!(h.counters(0).since(&before).full_flushes, 1);
+    h.assert_clean();
+}
+
+/// A slot keeps the page size of its first mapping: the other size is
+/// refused there, naming the address and what is there, and nothing
+/// changes; misaligned 2 MiB calls are refused too.
+#[test]
+fn the_wrong_page_size_is_refused() {
+    let env = Env::new();
+    let mut h = Harness::new(&env, 1, 8, true);
+    h.map_anon(0, lva(2), 1, RW).unwrap();
+    h.map_anon_2m(0, lva(3), 1, RW).unwrap();
+    let pages = [
+        page(lva(2)),
+        page(lva(3)),
+        page(lva(3) + 4096),
+        page(lva(4)),
+    ];
+    let small = |a| Error::WrongPageSize {
+        addr: VirtAddr::new(a),
+        here: PageSize::Small,
+    };
+    let large = |a| Error::WrongPageSize {
+        addr: VirtAddr::new(a),
+        here: PageSize::Large,
+    };
+    // 2 MiB calls where 4 KiB tables are.
+    refused(&mut h, &pages, small(lva(2)), |h| {
+        h.map_anon_2m(0, lva(2), 1, RW)
+    });
+    refused(&mut h, &pages, small(lva(2)), |h| {
+        h.map_2m(0, lva(2), &[device_2m(0)], RO)
+    });
+    refused(&mut h, &pages, small(lva(2)), |h| h.unmap_2m(0, lva(2), 1));
+    refused(&mut h, &pages, small(lva(2)), |h| {
+        h.protect_2m(0, lva(2), 2, RO)
+    });
+    // 4 KiB calls inside a 2 MiB page: they would split it.
+    let inner = lva(3) + 5 * 4096;
+    refused(&mut h, &pages, large(inner), |h| h.unmap(0, inner, 1));
+    refused(&mut h, &pages, large(inner), |h| h.protect(0, inner, 1, RO));
+    refused(&mut h, &pages, large(inner), |h| {
+        h.map_anon(0, inner, 1, RW)
+    });
+    refused(&mut h, &pages, large(inner), |h| {
+        h.map(0, inner, &[device(0)], RO)
+    });
+    // A 4 KiB range that runs from 4 KiB pages into the 2 MiB one.
+    let edge = lva(3) - 4096;
+    refused(&mut h, &pages, large(lva(3)), |h| {
+        h.unmap(0, lva(2), 512 + 1)
+    });
+    refused(&mut h, &[page(edge)], large(lva(3)), |h| {
+        h.map_anon(0, edge, 2, RW)
+    });
+    // A 2 MiB range that runs from the 2 MiB page into 4 KiB tables.
+    refused(&mut h, &pages, small(lva(2)), |h| {
+        h.map_anon_2m(0, lva(1), 2, RW)
+    });
+    let e = small(lva(5));
+    assert!(e.to_string().contains("holds 4 KiB pages"), "{e}");
+    // Alignment, length, window.
+    refused(&mut h, &pages, Error::Unaligned2M(lva(4) + 4096), |h| {
+        h.map_anon_2m(0, lva(4) + 4096, 1, RW)
+    });
+    refused(&mut h, &pages, Error::ZeroLength, |h| {
+        h.unmap_2m(0, lva(4), 0)
+    });
+    let end = WINDOW_BASE + WINDOW_SIZE;
+    refused(
+        &mut h,
+        &pages,
+        Error::OutsideWindow {
+            addr: end,
+            pages: 1,
+        },
+        |h| h.map_anon_2m(0, end, 1, RW),
+    );
+    refused(
+        &mut h,
+        &pages,
+        Error::NotMapped(VirtAddr::new(lva(4))),
+        |h| h.unmap_2m(0, lva(3), 2),
+    );
+    refused(
+        &mut h,
+        &pages,
+        Error::AlreadyMapped(VirtAddr::new(lva(3))),
+        |h| h.map_anon_2m(0, lva(3), 1, RO),
+    );
+    assert!(Error::Unaligned2M(4096)
+        .to_string()
+        .contains("2 MiB-aligned"));
+    h.assert_clean();
+}
+
+/// Out of 2 MiB frames midway: every frame given back, nothing mapped; a
+/// pending 2 MiB release is flushed first (Reuse) to get one back.
+#[test]
+fn large_frames_run_out_cleanly_and_are_reused() {
+    let env = Env::new();
+    let mut h = Harness::new(&env, 1, 0, true);
+    let pages: Vec<Page> = (0..8).map(|t| page(lva(16 + t))).collect();
+    refused(&mut h, &pages, Error::OutOfFrames, |h| {
+        h.map_anon_2m(0, lva(16), LARGE_FRAMES + 1, RW)
+    });
+    h.map_anon_2m(0, lva(16), LARGE_FRAMES, RW).unwrap();
+    h.unmap_2m(0, lva(16), 1).unwrap();
+    h.map_anon_2m(0, lva(24), 1, RW).unwrap();
+    assert_eq!(h.counters(0).flushes[Trigger::Reuse as usize], 1);
+    h.assert_clean();
+}
+
+/// A 2 MiB page unmapped on cpu0 (cpu1 still caches it) and mapped again
+/// on cpu2 before cpu0 flushes: cpu2 takes the pending unmap over, every
+/// vCPU sees the new frame, the old one is released once.
+#[test]
+fn a_large_remap_takes_the_pending_unmap_over() {
+    let env = Env::new();
+    let mut h = Harness::new(&env, 3, 0, true);
+    h.map_anon_2m(0, lva(30), 1, RW).unwrap();
+    let p = page(lva(30) + 77 * 4096);
+    let old = h.touch(1, p);
+    h.unmap_2m(0, lva(30), 1).unwrap();
+    h.map_anon_2m(2, lva(30), 1, RO).unwrap();
+    let new = h.tables(p);
+    assert_ne!(old, new);
+    for cpu in 0..3 {
+        assert_eq!(h.touch(cpu, p), new, "cpu{cpu}");
+    }
+    assert_eq!(h.counters(2).frames_released_2m, 1);
+    h.flush(0);
+    assert_eq!(h.counters(0).frames_released_2m, 0);
+    h.assert_clean();
+}
+
 // --------------------------------------------------- the random property
 
 /// xorshift64 (Marsaglia 2003): reproducible and dependency-free.
@@ -1090,15 +1429,45 @@ struct Model {
     pages: HashMap<Page, (PhysFrame, Prot, bool)>,
     owned: HashSet<PhysFrame>,
     releasing: HashMap<PhysFrame, usize>,
-    /// page → the vCPUs whose flush will invalidate it.
+    /// The 2 MiB pages, by their base page; their frames, as above.
+    large: HashMap<Page, (PhysFrame<Size2MiB>, Prot, bool)>,
+    owned_2m: HashSet<PhysFrame<Size2MiB>>,
+    releasing_2m: HashMap<PhysFrame<Size2MiB>, usize>,
+    /// Translation unit (a 4 KiB page, or a 2 MiB page's base) → the
+    /// vCPUs whose flush will invalidate it.
     owed: HashMap<Page, HashSet<usize>>,
 }
 
 impl Model {
     fn expect(&self, p: Page) -> Option<Seen> {
+        if in_large_region(p) {
+            let b = base_2m(p);
+            return self.large.get(&b).map(|&(f, prot, owned)| {
+                (
+                    f.start_address() + (p.start_address() - b.start_address()),
+                    prot,
+                    owned,
+                )
+            });
+        }
         self.pages
             .get(&p)
             .map(|&(f, prot, owned)| (f.start_address(), prot, owned))
+    }
+
+    /// Whether an invalidation of `p`'s translation is still owed.
+    fn owes(&self, p: Page) -> bool {
+        let unit = if in_large_region(p) { base_2m(p) } else { p };
+        self.owed.contains_key(&unit)
+    }
+
+    fn released_2m(&mut self, f: PhysFrame<Size2MiB>) -> Option<String> {
+        if self.releasing_2m.remove(&f).is_some() {
+            return None;
+        }
+        self.owned_2m
+            .contains(&f)
+            .then(|| format!("released {f:?}, which is still mapped"))
     }
 
     /// A frame came back to the pool: one an unmap freed (done), or one a
@@ -1140,6 +1509,20 @@ fn test_pages() -> Vec<Page> {
         v.extend((0..n).map(|i| page(base + i * 4096)));
     }
     v
+}
+
+/// The slots of the random test's 2 MiB pages: 8 of them, far from the
+/// 4 KiB pages.
+const LARGE_FIRST_SLOT: u64 = 40;
+const LARGE_SLOTS: u64 = 8;
+
+fn in_large_region(p: Page) -> bool {
+    let slot = (p.start_address().as_u64() - WINDOW_BASE) / TWO_MIB;
+    (LARGE_FIRST_SLOT..LARGE_FIRST_SLOT + LARGE_SLOTS).contains(&slot)
+}
+
+fn large_va(slot: u64) -> u64 {
+    WINDOW_BASE + (LARGE_FIRST_SLOT + slot) * TWO_MIB
 }
 
 /// `lazy`: the batched backend (queues in MMU lazy mode, batch scopes
@@ -1188,7 +1571,11 @@ fn run_random(
         if roll < 18 {
             // Touch any page through `cpu`, reading or writing.
             r.touches += 1;
-            let p = all[rng.below(all.len() as u64) as usize];
+            let p = if rng.chance(25) {
+                page(large_va(rng.below(LARGE_SLOTS)) + rng.below(512) * 4096)
+            } else {
+                all[rng.below(all.len() as u64) as usize]
+            };
             let write = rng.chance(50);
             let (got, want) = if write {
                 // A write goes through only where the model says writable.
@@ -1197,13 +1584,18 @@ fn run_random(
                 (h.touch(cpu, p), model.expect(p))
             };
             // Only an owed invalidation excuses a difference.
-            if !model.owed.contains_key(&p) && got != want {
+            if !model.owes(p) && got != want {
                 mismatch!(
                     "cpu{cpu} {} {p:?}: {got:?}, model {want:?}",
                     if write { "write" } else { "read" }
                 );
             }
-        } else if lazy && roll == 20 && rng.chance(10) {
+        } else if (20..30).contains(&roll) {
+            large_op(&mut h, &mut model, &mut rng, cpu, &mut r, step);
+            if let Some((left, _)) = batch[cpu].as_mut() {
+                *left = left.saturating_sub(1).max(1);
+            }
+        } else if lazy && roll == 30 && rng.chance(10) {
             // A burst: one-page protects at scattered mapped pages, in one
             // batch, as records that cannot coalesce: the ring fills and
             // flushes (Trigger::Full) and goes on.
@@ -1236,7 +1628,7 @@ fn run_random(
             if h.leave(cpu).is_err() {
                 mismatch!("burst leave refused");
             }
-        } else if roll < 20 {
+        } else if (18..20).contains(&roll) {
             h.flush(cpu);
         } else {
             if lazy && batch[cpu].is_none() && rng.chance(60) {
@@ -1487,6 +1879,11 @@ fn run_random(
                 mismatch!("{m}");
             }
         }
+        for f in std::mem::take(&mut *h.m.released_2m.borrow_mut()) {
+            if let Some(m) = model.released_2m(f) {
+                mismatch!("{m}");
+            }
+        }
         for (c, seen) in flushes_seen.iter_mut().enumerate() {
             let total = h.counters(c).flushes_total();
             if total != *seen {
@@ -1502,7 +1899,7 @@ fn run_random(
         if step.is_multiple_of(16) {
             let tlbs = h.m.tlbs.borrow();
             for (c, tlb) in tlbs.iter().enumerate() {
-                for (&p, &s) in &tlb.map {
+                for (&p, &s) in tlb.map.iter().chain(&tlb.large) {
                     if !model.owed.contains_key(&p) && h.m.walk(p) != Some(s) {
                         mismatch!(
                             "cpu{c}'s TLB holds {p:?} as {s:?}, tables {:?}, and no flush is owed (page {:?})",
@@ -1539,8 +1936,34 @@ fn run_random(
             }
         }
     }
-    if !model.releasing.is_empty() {
-        mismatch!("final: {} frames never released", model.releasing.len());
+    for f in std::mem::take(&mut *h.m.released_2m.borrow_mut()) {
+        if let Some(m) = model.released_2m(f) {
+            mismatch!("{m}");
+        }
+    }
+    for slot in 0..LARGE_SLOTS {
+        let p = page(large_va(slot) + 4096 * (slot * 61 % 512));
+        for c in 0..cpus {
+            let t = h.touch(c, p);
+            if t != model.expect(p) {
+                mismatch!(
+                    "final: cpu{c} sees {p:?} as {t:?}, model {:?}",
+                    model.expect(p)
+                );
+            }
+        }
+    }
+    if !model.releasing.is_empty() || !model.releasing_2m.is_empty() {
+        mismatch!(
+            "final: {} frames and {} 2 MiB frames never released",
+            model.releasing.len(),
+            model.releasing_2m.len()
+        );
+    }
+    let leaked_2m = h.m.allocated_2m.borrow().len() as u64;
+    let owned_2m = model.large.values().filter(|v| v.2).count() as u64;
+    if leaked_2m != owned_2m {
+        mismatch!("final: {leaked_2m} 2 MiB frames allocated, {owned_2m} mapped");
     }
     let leaked = h.m.allocated.borrow().len() as u64;
     let owned_mapped = model.pages.values().filter(|v| v.2).count() as u64;
@@ -1554,6 +1977,219 @@ fn run_random(
         r.counters.add(&h.counters(c));
     }
     r
+}
+
+/// One 2 MiB operation of the random test, checked against the model: a
+/// map, map_anon, unmap or protect of 1 to 3 large pages in the large
+/// region; sometimes a 4 KiB call inside a large page, or a 2 MiB call over
+/// the 4 KiB pages, which must be refused with `WrongPageSize` and change
+/// nothing.
+fn large_op(
+    h: &mut Harness<'_>,
+    model: &mut Model,
+    rng: &mut Rng,
+    cpu: usize,
+    r: &mut Report,
+    step: u64,
+) {
+    r.ops += 1;
+    let mut mismatch = |m: String| {
+        if r.mismatches.len() < 20 {
+            r.mismatches.push(format!("step {step}: {m}"));
+        }
+    };
+    let roll = rng.below(100);
+    if roll < 8 {
+        // A 4 KiB call inside a mapped large page: refused, nothing changed.
+        let Some((&b, _)) = model
+            .large
+            .iter()
+            .nth(rng.below(model.large.len().max(1) as u64) as usize)
+        else {
+            return;
+        };
+        let va = b.start_address().as_u64() + 4096 * rng.below(512);
+        let before = h.tables(page(va));
+        let got = match roll % 4 {
+            0 => h.unmap(cpu, va, 1),
+            1 => h.protect(cpu, va, 2, RO),
+            2 => h.map_anon(cpu, va, 1, RW),
+            _ => h.map(cpu, va, &[device(1)], RO),
+        };
+        let want = Err(Error::WrongPageSize {
+            addr: VirtAddr::new(va),
+            here: PageSize::Large,
+        });
+        if got != want || h.tables(page(va)) != before {
+            mismatch(format!(
+                "cpu{cpu} 4 KiB call in the 2 MiB page at {va:#x}: {got:?}, want {want:?}"
+            ));
+        }
+        r.refused += 1;
+        return;
+    }
+    if roll < 11 {
+        // A 2 MiB call over the 4 KiB pages' first slot, which holds a leaf
+        // table from the test's first map on: refused.
+        let va = WINDOW_BASE + TWO_MIB;
+        if h.window.table_pages() == 0 {
+            return;
+        }
+        let got = h.map_anon_2m(cpu, va, 1, RW);
+        let want = Err(Error::WrongPageSize {
+            addr: VirtAddr::new(va),
+            here: PageSize::Small,
+        });
+        if got != want && !matches!(got, Err(Error::AlreadyMapped(_))) {
+            mismatch(format!(
+                "cpu{cpu} 2 MiB call over 4 KiB pages: {got:?}, want {want:?}"
+            ));
+        }
+        r.refused += 1;
+        return;
+    }
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum K {
+        Map,
+        MapAnon,
+        Unmap,
+        Protect,
+    }
+    let kind = match rng.below(4) {
+        0 => K::Map,
+        1 => K::MapAnon,
+        2 => K::Unmap,
+        _ => K::Protect,
+    };
+    let want_mapped = matches!(kind, K::Unmap | K::Protect);
+    let count = 1 + rng.below(3).min(LARGE_SLOTS - 1);
+    let mut first = rng.below(LARGE_SLOTS - count + 1);
+    if rng.chance(80) {
+        // Aim at a run that suits the op.
+        if let Some(f) = (0..=LARGE_SLOTS - count).find(|&f| {
+            (f..f + count).all(|t| model.large.contains_key(&page(large_va(t))) == want_mapped)
+        }) {
+            first = f;
+        }
+    }
+    let prot = if rng.chance(50) { RW } else { RO };
+    let va = large_va(first) + if rng.chance(1) { 4096 } else { 0 };
+    let bases: Vec<Page> = (first..first + count).map(|t| page(large_va(t))).collect();
+    let free = h.m.free_2m.borrow().len() as u64;
+    let pending = model.releasing_2m.values().filter(|&&c| c == cpu).count() as u64;
+    let want: Result<(), Error> = (|| {
+        if !va.is_multiple_of(TWO_MIB) {
+            return Err(Error::Unaligned2M(va));
+        }
+        for &b in &bases {
+            match (kind, model.large.contains_key(&b)) {
+                (K::Map | K::MapAnon, true) => return Err(Error::AlreadyMapped(b.start_address())),
+                (K::Unmap | K::Protect, false) => return Err(Error::NotMapped(b.start_address())),
+                _ => {}
+            }
+        }
+        if kind == K::MapAnon && count > free + pending {
+            return Err(Error::OutOfFrames);
+        }
+        Ok(())
+    })();
+    let before: Vec<Option<Seen>> = bases.iter().map(|&b| h.tables(b)).collect();
+    let devices: Vec<PhysFrame<Size2MiB>> = (0..count).map(|_| device_2m(rng.below(64))).collect();
+    let flushes_before = h.counters(cpu).flushes_total();
+    let got = match kind {
+        K::Map => h.map_2m(cpu, va, &devices, prot),
+        K::MapAnon => h.map_anon_2m(cpu, va, count, prot),
+        K::Unmap => h.unmap_2m(cpu, va, count),
+        K::Protect => h.protect_2m(cpu, va, count, prot),
+    };
+    if got != want {
+        mismatch(format!(
+            "cpu{cpu} {kind:?} 2 MiB {va:#x}+{count} {prot:?}: {got:?}, model {want:?}"
+        ));
+    }
+    // Frames a flush inside the call released (a reuse or a remap).
+    let mut late = Vec::new();
+    for f in std::mem::take(&mut *h.m.released_2m.borrow_mut()) {
+        if model.releasing_2m.remove(&f).is_none() {
+            late.push(f);
+        }
+    }
+    if h.counters(cpu).flushes_total() != flushes_before {
+        model.flushed(cpu);
+    }
+    if got.is_err() {
+        r.refused += 1;
+        let after: Vec<Option<Seen>> = bases.iter().map(|&b| h.tables(b)).collect();
+        if after != before {
+            mismatch(format!(
+                "refused 2 MiB {kind:?} at {va:#x} changed the tables"
+            ));
+        }
+    } else {
+        for (i, &b) in bases.iter().enumerate() {
+            match kind {
+                K::Map => {
+                    model.large.insert(b, (devices[i], prot, false));
+                }
+                K::MapAnon => {
+                    let Some(s) = h.tables(b) else {
+                        mismatch(format!("map_anon_2m left {b:?} unmapped"));
+                        continue;
+                    };
+                    let f = frame_2m(s.0.as_u64());
+                    if model.owned_2m.contains(&f) || model.releasing_2m.contains_key(&f) {
+                        mismatch(format!("{f:?} handed out while in use"));
+                    }
+                    model.owned_2m.insert(f);
+                    model.large.insert(b, (f, prot, true));
+                }
+                K::Unmap => {
+                    let (f, _, owned) = model.large.remove(&b).expect("mapped");
+                    if owned {
+                        model.owned_2m.remove(&f);
+                        model.releasing_2m.insert(f, cpu);
+                    }
+                    model.owed.entry(b).or_default().insert(cpu);
+                }
+                K::Protect => {
+                    let e = model.large.get_mut(&b).expect("mapped");
+                    if e.1 != prot {
+                        model.owed.entry(b).or_default().insert(cpu);
+                    }
+                    e.1 = prot;
+                }
+            }
+            if h.tables(b) != model.expect(b) {
+                mismatch(format!(
+                    "2 MiB {kind:?} {b:?}: tables {:?}, model {:?}",
+                    h.tables(b),
+                    model.expect(b)
+                ));
+            }
+        }
+        if matches!(kind, K::Map | K::MapAnon) {
+            // Visible at once, on every vCPU, at any offset.
+            for &b in &bases {
+                let p = page(b.start_address().as_u64() + 4096 * rng.below(512));
+                for c in 0..h.queues.len() {
+                    let t = h.touch(c, p);
+                    if t != model.expect(p) {
+                        mismatch(format!(
+                            "cpu{c} sees {p:?} as {t:?} right after cpu{cpu}'s 2 MiB map"
+                        ));
+                    }
+                }
+            }
+        }
+        if kind == K::Unmap && !h.queues[cpu].in_lazy_mmu() {
+            model.flushed(cpu);
+        }
+    }
+    for f in late {
+        if let Some(m) = model.released_2m(f) {
+            mismatch(m);
+        }
+    }
 }
 
 #[test]
@@ -1608,6 +2244,12 @@ fn random_batches_on_three_cpus_match_the_model() {
     }
     assert!(total.full_flushes > 0 && total.invlpg > 0 && total.shootdowns > 0);
     assert!(refused > ops / 50, "too few refused ops: {refused}");
+    assert!(
+        total.pte_writes_2m > 1000 && total.frames_released_2m > 100,
+        "too few 2 MiB pages: {} entries written, {} frames released",
+        total.pte_writes_2m,
+        total.frames_released_2m
+    );
 }
 
 /// The immediate backend (every queue out of lazy mode) under the same

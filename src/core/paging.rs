@@ -473,6 +473,19 @@ impl<'m, M: PhysMemory> PageTables<'m, M> {
         Ok(LeafEntry(slot.pa))
     }
 
+    /// Walks to the level-2 entry (the page directory's) of the 2 MiB
+    /// `page`, creating missing tables above it when `alloc` is given, and
+    /// returns where that entry lives, for a caller that keeps 2 MiB
+    /// entries there (the mm window). The entry is neither read nor changed.
+    pub fn pd_entry(
+        &mut self,
+        page: Page<Size2MiB>,
+        alloc: Option<&mut dyn TableAlloc>,
+    ) -> Result<PhysAddr, Error> {
+        let slot = self.walk(page.start_address(), PageTableLevel::Two, alloc)?;
+        Ok(slot.pa)
+    }
+
     pub fn read_entry(&self, entry: LeafEntry) -> Result<PageTableEntry, Error> {
         Ok(self.entry_slot(entry)?.load())
     }

@@ -99,6 +99,9 @@ pub enum Entry {
         start: Page,
         count: u32,
         release: bool,
+        /// The pages are 2 MiB (one `invlpg` each, counted once against the
+        /// ceiling); else 4 KiB.
+        large: bool,
     },
     InvalidateAll,
     WriteCr {
@@ -179,6 +182,8 @@ pub struct Counters {
     pub flushes: [u64; Trigger::COUNT],
     /// PTE stores issued to page-table memory.
     pub pte_writes: u64,
+    /// Of those, stores of 2 MiB entries (page-directory entries).
+    pub pte_writes_2m: u64,
     /// Leaf tables written for the first time since the last full flush
     /// anywhere: under shadow paging with out-of-sync leaf tables, the
     /// writes that fault (the later ones are plain stores until a CR3 load
@@ -193,6 +198,8 @@ pub struct Counters {
     pub ipis: u64,
     pub shootdowns: u64,
     pub frames_released: u64,
+    /// Of those, 2 MiB frames (each counted once in `frames_released`).
+    pub frames_released_2m: u64,
     /// `invlpg`s this vCPU ran for another vCPU's shootdown.
     pub remote_invlpg: u64,
     /// Full flushes this vCPU ran for another vCPU's shootdown.
@@ -208,6 +215,7 @@ impl Counters {
         enqueued: 0,
         flushes: [0; Trigger::COUNT],
         pte_writes: 0,
+        pte_writes_2m: 0,
         tables_unsynced: 0,
         invlpg: 0,
         full_flushes: 0,
@@ -216,6 +224,7 @@ impl Counters {
         ipis: 0,
         shootdowns: 0,
         frames_released: 0,
+        frames_released_2m: 0,
         remote_invlpg: 0,
         remote_full_flushes: 0,
         lazy_tlb_reloads: 0,
@@ -237,10 +246,11 @@ impl Counters {
     }
 
     /// Every field, in a fixed order, for `add` and `since`.
-    fn fields(&mut self) -> [&mut u64; 13] {
+    fn fields(&mut self) -> [&mut u64; 15] {
         [
             &mut self.enqueued,
             &mut self.pte_writes,
+            &mut self.pte_writes_2m,
             &mut self.tables_unsynced,
             &mut self.invlpg,
             &mut self.full_flushes,
@@ -249,6 +259,7 @@ impl Counters {
             &mut self.ipis,
             &mut self.shootdowns,
             &mut self.frames_released,
+            &mut self.frames_released_2m,
             &mut self.remote_invlpg,
             &mut self.remote_full_flushes,
             &mut self.lazy_tlb_reloads,
@@ -340,6 +351,21 @@ impl Invalidation {
     }
 
     #[inline]
+    /// Adds `count` 2 MiB pages from `start`: one `invlpg` each (any
+    /// address inside a large page drops its whole translation, Intel SDM
+    /// vol. 3, 4.10.4.1), so each counts once against the ceiling.
+    pub fn add_large(&mut self, start: Page, count: u32) {
+        let base = start.start_address().as_u64();
+        for i in 0..u64::from(count) {
+            if matches!(self, Invalidation::All) {
+                return;
+            }
+            self.add(Page::containing_address(VirtAddr::new_truncate(
+                base + (i << 21),
+            )));
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         matches!(self, Invalidation::Pages(p) if p.is_empty())
     }
@@ -366,9 +392,10 @@ pub trait Drain {
     /// and returns once all have acknowledged. Returns the IPIs sent (0:
     /// there was nobody to ask).
     fn shootdown(&mut self, inv: &Invalidation) -> u32;
-    /// Gives back the frames this vCPU's unmaps of `count` pages from
-    /// `start` left to release; returns how many. Runs after the shootdown.
-    fn release_range(&mut self, start: Page, count: u32) -> u64;
+    /// Gives back the frames this vCPU's unmaps of `count` pages (2 MiB
+    /// ones if `large`) from `start` left to release; returns how many.
+    /// Runs after the shootdown.
+    fn release_range(&mut self, start: Page, count: u32, large: bool) -> u64;
     fn release(&mut self, frame: PhysFrame);
 }
 
@@ -501,18 +528,22 @@ impl Queue {
                 start,
                 count,
                 release,
+                large,
             },
             Some(Entry::Invalidate {
                 start: s,
                 count: c,
                 release: r,
+                large: l,
             }),
         ) = (e, self.ring.last_mut())
         {
             // Page addresses as integers: x86_64's `Page + u64` re-checks
             // that the sum is canonical, which costs more than the rest.
-            let next = s.start_address().as_u64() + (u64::from(*c) << 12);
+            let shift = if large { 21 } else { 12 };
+            let next = s.start_address().as_u64() + (u64::from(*c) << shift);
             if *r == release
+                && *l == large
                 && next == start.start_address().as_u64()
                 && c.checked_add(count).is_some()
             {
@@ -598,7 +629,18 @@ impl Queue {
                         inv.add(page);
                     }
                 }
-                Entry::Invalidate { start, count, .. } => inv.add_range(start, count),
+                Entry::Invalidate {
+                    start,
+                    count,
+                    large: false,
+                    ..
+                } => inv.add_range(start, count),
+                Entry::Invalidate {
+                    start,
+                    count,
+                    large: true,
+                    ..
+                } => inv.add_large(start, count),
                 Entry::InvalidateAll => inv = Invalidation::All,
                 Entry::WriteCr { reg, value } => {
                     d.write_cr(reg, value);
@@ -642,7 +684,14 @@ impl Queue {
                     start,
                     count,
                     release: true,
-                } => self.counters.frames_released += d.release_range(start, count),
+                    large,
+                } => {
+                    let n = d.release_range(start, count, large);
+                    self.counters.frames_released += n;
+                    if large {
+                        self.counters.frames_released_2m += n;
+                    }
+                }
                 Entry::ReleaseFrame(f) => {
                     d.release(f);
                     self.counters.frames_released += 1;

@@ -740,3 +740,128 @@ pub fn batched_vs_immediate_counts() -> Outcome {
         Err(d)
     }
 }
+
+// --- 2 MiB pages ----------------------------------------------------------
+
+/// A 2 MiB page reads back at every offset written, translates as one
+/// large page, and faults everywhere after unmap and flush.
+pub fn large_reads_back() -> Outcome {
+    let base = region(14);
+    mm::map_anon_2m(base, 1, Prot::READ_WRITE).map_err(fail)?;
+    let offsets = [0u64, 8, 4096, 0x10_0000, (2 << 20) - 8];
+    for (i, &off) in offsets.iter().enumerate() {
+        write(base + off, 0x2020_0000 + i as u64);
+    }
+    let bad = offsets
+        .iter()
+        .enumerate()
+        .filter(|(i, &off)| read(base + off) != 0x2020_0000 + *i as u64)
+        .count();
+    let t =
+        mm::translate(base + 0x1234u64).ok_or_else(|| detail(format_args!("no translation")))?;
+    mm::unmap_2m(base, 1).map_err(fail)?;
+    mm::flush();
+    if bad != 0 {
+        return Err(detail(format_args!(
+            "{bad} of {} words lost",
+            offsets.len()
+        )));
+    }
+    if t.size != mm::PageSize::Large || !t.owned || t.phys.as_u64() & ((2 << 20) - 1) != 0x1234 {
+        return Err(detail(format_args!("translation {t:?}")));
+    }
+    for off in [0u64, 0x1f_f000] {
+        expect_pf(probe_read(base + off), (base + off).as_u64(), false)?;
+    }
+    Ok(detail(format_args!(
+        "a 2 MiB page read back at {} offsets and faults after unmap",
+        offsets.len()
+    )))
+}
+
+/// The cross-vCPU stale-TLB test for a 2 MiB page: B reads it (its TLB
+/// holds the large translation), A unmaps it and flushes while B still
+/// runs, B's next read must fault.
+pub fn large_stale_tlb_cross_cpu() -> Outcome {
+    let Some(b) = other_cpu() else {
+        return Ok(detail(format_args!("skipped: needs a second vCPU")));
+    };
+    let base = region(15);
+    let page = base + 0x7_3000u64;
+    mm::map_anon_2m(base, 1, Prot::READ_WRITE).map_err(fail)?;
+    write(page, 0x1a46e);
+    mm::flush();
+    STEP.store(0, Ordering::Release);
+    REMOTE_RESULT.store(0, Ordering::Release);
+    if !smp::post_work(b, remote_read_twice, page.as_u64()) {
+        return Err(detail(format_args!("cpu{b} is busy")));
+    }
+    let deadline = crate::arch::x86_64::tsc::rdtsc() + crate::arch::x86_64::tsc::hz() * 5;
+    while STEP.load(Ordering::Acquire) != 1 {
+        if crate::arch::x86_64::tsc::rdtsc() > deadline {
+            return Err(detail(format_args!("cpu{b} never read the page")));
+        }
+        core::hint::spin_loop();
+    }
+    let first = REMOTE_RESULT.load(Ordering::Acquire);
+    mm::unmap_2m(base, 1).map_err(fail)?;
+    mm::flush();
+    STEP.store(2, Ordering::Release);
+    on_cpu_wait(b)?;
+    if first != 0x1a46e {
+        return Err(detail(format_args!(
+            "cpu{b} read {first:#x} before the unmap"
+        )));
+    }
+    match REMOTE_RESULT.load(Ordering::Acquire) {
+        REMOTE_FAULTED => Ok(detail(format_args!(
+            "cpu{b} faulted on the unmapped 2 MiB page after the shootdown"
+        ))),
+        v => Err(detail(format_args!(
+            "cpu{b} still read {v:#x} through a stale 2 MiB TLB entry after unmap+flush"
+        ))),
+    }
+}
+
+/// Sizes stay apart: a 4 KiB unmap or protect inside a 2 MiB page is
+/// refused (it would split it), so is a 2 MiB map where 4 KiB tables are,
+/// and neither changes the mapping.
+pub fn large_wrong_size_refused() -> Outcome {
+    let big = region(16);
+    let small = region(16) + (4u64 << 20);
+    mm::map_anon_2m(big, 1, Prot::READ_WRITE).map_err(fail)?;
+    mm::map_anon(small, 1, Prot::READ_WRITE).map_err(fail)?;
+    write(big + 0x5000u64, 77);
+    let inner = big + 0x5000u64;
+    let split = mm::unmap(inner, 1);
+    let protect = mm::protect(inner, 1, Prot::READ);
+    let over_small = mm::map_anon_2m(small, 1, Prot::READ_WRITE);
+    let unaligned = mm::map_anon_2m(big + 4096u64, 1, Prot::READ_WRITE);
+    let still = read(inner);
+    let kept = mm::translate(inner).map(|t| (t.size, t.prot));
+    mm::unmap_2m(big, 1).map_err(fail)?;
+    mm::unmap(small, 1).map_err(fail)?;
+    mm::flush();
+    let large_here = |r: &Result<(), Error>, a: VirtAddr| matches!(r, Err(Error::WrongPageSize { addr, here: mm::PageSize::Large }) if *addr == a);
+    let ok = large_here(&split, inner)
+        && large_here(&protect, inner)
+        && matches!(
+            over_small,
+            Err(Error::WrongPageSize {
+                here: mm::PageSize::Small,
+                ..
+            })
+        )
+        && matches!(unaligned, Err(Error::Unaligned2M(_)))
+        && still == 77
+        && kept == Some((mm::PageSize::Large, Prot::READ_WRITE));
+    let d = detail(format_args!(
+        "4 KiB unmap inside: {split:?}; protect: {protect:?}; 2 MiB over 4 KiB: {over_small:?}; \
+         misaligned: {unaligned:?}; the page kept {kept:?} and its data ({still})"
+    ));
+    if ok {
+        Ok(d)
+    } else {
+        Err(d)
+    }
+}

@@ -47,6 +47,12 @@ const TESTS: &[(&str, TestFn)] = &[
         mm::batched_vs_immediate_counts,
     ),
     ("mm_remap_in_batch", mm::remap_in_batch),
+    ("mm_large_reads_back", mm::large_reads_back),
+    (
+        "mm_large_stale_tlb_cross_cpu",
+        mm::large_stale_tlb_cross_cpu,
+    ),
+    ("mm_large_wrong_size_refused", mm::large_wrong_size_refused),
     ("mm_anon_not_executable", protect::anon_not_executable),
     ("mm_wx_refused", protect::wx_refused),
     (
