@@ -257,21 +257,28 @@ fn shootdown_handler(arg: u64) {
 }
 
 fn write_cr_now(reg: Cr, value: u64) {
+    if reg == Cr::Cr3 {
+        // The kernel's own reloads read the cache: update it first, with
+        // interrupts masked, so no shootdown handler between the two
+        // reloads the old root.
+        crate::arch::x86_64::irq::without(|| {
+            CR3[percpu::cpu_index()].store(value, Ordering::Relaxed);
+            // SAFETY: CR3 is only ever rewritten with the live root
+            // (mm::write_cr's contract).
+            unsafe {
+                core::arch::asm!("mov cr3, {}", in(reg) value, options(nostack, preserves_flags))
+            };
+        });
+        return;
+    }
     // SAFETY: the queue's callers only write values derived from the
-    // registers' current contents (mm::write_cr's contract); CR3 is only
-    // ever rewritten with the live root.
+    // registers' current contents (mm::write_cr's contract).
     unsafe {
         match reg {
             Cr::Cr0 => Cr0::write_raw(value),
-            Cr::Cr3 => {
-                core::arch::asm!("mov cr3, {}", in(reg) value, options(nostack, preserves_flags))
-            }
             Cr::Cr4 => Cr4::write_raw(value),
+            Cr::Cr3 => unreachable!("handled above"),
         }
-    }
-    if reg == Cr::Cr3 {
-        // The kernel's own reloads read the cache: keep it current.
-        CR3[percpu::cpu_index()].store(value, Ordering::Relaxed);
     }
 }
 
@@ -423,8 +430,7 @@ fn on_page_fault(addr: VirtAddr, error_code: u64) -> bool {
         frames: &mut KernelFrames,
         mmu: &mut KernelMmu,
     };
-    // Intel SDM vol. 3, 4.7: bit 1 a write, bit 4 an instruction fetch.
-    m.fault(addr, error_code & 2 != 0, error_code & 16 != 0)
+    m.fault(addr, error_code)
 }
 
 /// This vCPU's counters, with what it ran for other vCPUs.

@@ -43,6 +43,20 @@
 //!   while a flush waits for shootdown acknowledgements, so calls on
 //!   different tables never wait for each other.
 //!
+//! # Limits, by choice
+//! - An unmap stores its mark over the entry without reading back the
+//!   ACCESSED and DIRTY bits the MMU may set meanwhile: nothing in this
+//!   kernel writes pages back, so they carry no information here (Linux's
+//!   `ptep_get_and_clear` keeps them for writeback). A protect keeps them.
+//! - A mark's flush generation has 40 bits: after 2^40 flushes by one vCPU
+//!   an old, dead mark can look live again, which costs one needless
+//!   take-over flush and nothing else (a live mark never looks dead: only
+//!   its own vCPU's flush advances its generation).
+//! - The fault hook flushes this vCPU's queue from #PF context when the
+//!   fault is explained by a pending change; CR writes deferred in CPU lazy
+//!   mode are then applied there too (a flush is an action, allowed at any
+//!   point).
+//!
 //! # Costs, counted under icount (1 vCPU, batch 256, per operation)
 //! README.md's Figures give the current numbers; the design goal is that
 //! the queue costs less than what it saves: a per-page map+unmap pays a
@@ -751,12 +765,15 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
             mmu: &mut *self.mmu,
             pte_writes: 0,
             tables_unsynced: 0,
+            deferred: heapless::Vec::new(),
+            released: 0,
         };
         self.queue.flush(trigger, &mut d);
-        let (writes, unsynced) = (d.pte_writes, d.tables_unsynced);
+        let (writes, unsynced, released) = (d.pte_writes, d.tables_unsynced, d.released);
         let c = self.queue.counters_mut();
         c.pte_writes += writes;
         c.tables_unsynced += unsynced;
+        c.frames_released += released;
         // Every mark of this generation is retired: the invalidation ran
         // everywhere and its frames are back. Release pairs with the
         // Acquire in `live_mark`.
@@ -1258,15 +1275,23 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         self.window.translate(va)
     }
 
-    /// A page fault at `addr` (`write`: a store; `fetch`: an instruction
-    /// fetch). If the entry allows the access, the fault came from a
-    /// stale, stricter translation in this vCPU's TLB: an in-place change
-    /// whose invalidation is still queued (here or on another vCPU). It is
-    /// dropped with one `invlpg`, and the access can be retried. Returns
-    /// false for a fault the mm does not explain.
-    pub fn fault(&mut self, addr: VirtAddr, write: bool, fetch: bool) -> bool {
+    /// A page fault at `addr` with the CPU's `error_code`. If the entry
+    /// allows the access, the fault came from a stale, stricter translation
+    /// in this vCPU's TLB: an in-place change whose invalidation is still
+    /// queued (here or on another vCPU). Delivering the #PF already dropped
+    /// that translation (Intel SDM vol. 3, 4.10.4.1), so the access can be
+    /// retried as it is. Returns false for a fault the mm does not explain,
+    /// a reserved-bit fault among them (retrying it would fault forever).
+    pub fn fault(&mut self, addr: VirtAddr, error_code: u64) -> bool {
+        // Intel SDM vol. 3, 4.7: bit 1 a write, bit 3 a reserved bit set,
+        // bit 4 an instruction fetch.
+        let (write, reserved, fetch) = (
+            error_code & 2 != 0,
+            error_code & 8 != 0,
+            error_code & 16 != 0,
+        );
         let a = addr.as_u64();
-        if !(WINDOW_BASE..WINDOW_BASE + WINDOW_SIZE).contains(&a) {
+        if reserved || !(WINDOW_BASE..WINDOW_BASE + WINDOW_SIZE).contains(&a) {
             return false;
         }
         let slot = &self.window.slots[((a - WINDOW_BASE) >> 21) as usize];
@@ -1281,12 +1306,9 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         if !allowed {
             return false;
         }
-        // The stale translation is this vCPU's: drop it here, whoever owes
-        // the invalidation. If this vCPU has changes queued, the fault is
-        // a good moment to publish them too (the other vCPUs would fault
-        // on the same stale translations otherwise).
-        self.mmu.invlpg(Page::containing_address(addr));
-        self.queue.counters_mut().invlpg += 1;
+        // If this vCPU has changes queued, one of them may be the change
+        // this fault met: publishing them now spares the other vCPUs the
+        // same spurious fault.
         self.flush(Trigger::Fault);
         true
     }
@@ -1321,21 +1343,44 @@ struct Flusher<'x, 'm, M: PhysMemory, Fr: Frames, U: Mmu> {
     /// Stores the releases made (the cleared marks).
     pte_writes: u64,
     tables_unsynced: u64,
+    /// Frames of RELEASE marks a queued PTE store overwrote: freed in
+    /// `finish`, after the shootdown.
+    deferred: heapless::Vec<PhysFrame, { crate::queue::RING_CAPACITY }>,
+    released: u64,
 }
 
 impl<M: PhysMemory, Fr: Frames, U: Mmu> Drain for Flusher<'_, '_, M, Fr, U> {
     fn write_pte(&mut self, page: Page, value: Pte) -> Applied {
+        let w = self.window;
         let n = (page.start_address().as_u64() - WINDOW_BASE) >> 12;
+        let slot = &w.slots[(n >> 9) as usize];
         // A queued store names a page whose table the queuing call made.
-        let old = self
-            .window
-            .entry(n)
-            .expect("a queued store's table exists")
-            .swap(value.bits(), Ordering::Release);
+        let table = slot.table().expect("a queued store's table exists");
+        slot.lock(self.me);
+        let old = table[(n & 511) as usize].swap(value.bits(), Ordering::Release);
+        slot.unlock();
         if old & PRESENT != 0 {
-            Applied::Replaced
-        } else {
-            Applied::Filled
+            return Applied::Replaced;
+        }
+        if w.live_mark(old).is_none() {
+            return Applied::Filled;
+        }
+        // Over a live mark: its old translation may still be cached, so
+        // this flush invalidates the page; a frame the mark named goes
+        // back after this flush's shootdown, or it would leak.
+        if old & RELEASE != 0 {
+            let f = PhysFrame::containing_address(PhysAddr::new(old & ADDR_MASK));
+            if self.deferred.push(f).is_err() {
+                unreachable!("one store per record, at most RING_CAPACITY records");
+            }
+        }
+        Applied::Replaced
+    }
+
+    fn finish(&mut self) {
+        for f in self.deferred.drain(..) {
+            self.frames.free(f);
+            self.released += 1;
         }
     }
 

@@ -397,6 +397,9 @@ pub trait Drain {
     /// Runs after the shootdown.
     fn release_range(&mut self, start: Page, count: u32, large: bool) -> u64;
     fn release(&mut self, frame: PhysFrame);
+    /// The flush is over: whatever the drain deferred to after the
+    /// releases (nothing, by default).
+    fn finish(&mut self) {}
 }
 
 /// Errors of the mode state machine (a caller's bug, reported, not ignored).
@@ -621,6 +624,7 @@ impl Queue {
         // Pass 1, in program order: the stores, the CR writes, and the
         // invalidation they add up to.
         let mut inv = Invalidation::none();
+        let mut release_frames = false;
         for e in self.ring.iter() {
             match *e {
                 Entry::WritePte { page, value } => {
@@ -646,8 +650,13 @@ impl Queue {
                     d.write_cr(reg, value);
                     self.counters.cr_writes += 1;
                 }
-                Entry::ReleaseFrame(_) => {}
+                Entry::ReleaseFrame(_) => release_frames = true,
             }
+        }
+        // A frame given back by record was reachable until now: if nothing
+        // else in the ring says through which page, every translation goes.
+        if release_frames && inv.is_empty() {
+            inv = Invalidation::All;
         }
         match &inv {
             Invalidation::Pages(pages) => {
@@ -672,6 +681,7 @@ impl Queue {
         if self.releases_pending > 0 {
             self.release_all(d);
         }
+        d.finish();
         self.ring.clear();
         self.releases_pending = 0;
     }
