@@ -8,6 +8,8 @@
 //!   stores and one flush per batch, no queue);
 //! - `cpu`: CR writes in CPU lazy mode against immediate writes;
 //! - `smp`: unmap with shootdown while 0..all other vCPUs hold the pages;
+//! - `scale` (scale.rs): N vCPUs mapping and unmapping at once, in private
+//!   regions and in a shared one;
 //! - `workload` (workload.rs): whole tasks under both backends, with
 //!   checksums.
 //!
@@ -19,6 +21,7 @@
 //! (tools/hbreport turns them into the report) and one row of a readable
 //! table.
 
+mod scale;
 mod workload;
 
 use crate::arch::x86_64::interrupts::{probe_read, IPIS_TAKEN, IPI_VECTOR};
@@ -340,11 +343,12 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
         p.warmup
     );
     type Suite = fn(&Params, &Host) -> Result<(), &'static str>;
-    let suites: [(&str, Suite); 5] = [
+    let suites: [(&str, Suite); 6] = [
         ("exits", exits),
         ("mm", mm_suite),
         ("cpu", cpu_suite),
         ("smp", smp_suite),
+        ("scale", scale::suite),
         ("workload", workload::suite),
     ];
     let mut ran = 0;
@@ -368,7 +372,7 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
     mm::set_backend(config.pv);
     if ran == 0 {
         log::error!(
-            "no benchmark suite is named {:?} (exits, mm, cpu, smp, workload)",
+            "no benchmark suite is named {:?} (exits, mm, cpu, smp, scale, workload)",
             config.suite.unwrap_or("")
         );
         return crate::arch::x86_64::power::EXIT_FAILURE;
