@@ -212,6 +212,10 @@ unsafe impl Frames for KernelFrames {
         FRAMES.lock().as_mut()?.alloc_zeroed(&Identity).ok()
     }
 
+    fn reclaim(&mut self) -> bool {
+        reclaim_from_others()
+    }
+
     fn free(&mut self, frame: PhysFrame) {
         if let Some(f) = FRAMES.lock().as_mut() {
             if let Err(e) = f.free(frame) {
@@ -282,7 +286,8 @@ fn write_cr_now(reg: Cr, value: u64) {
     }
 }
 
-/// Runs `f` with this vCPU's view of the mm.
+/// Runs `f` with this vCPU's view of the mm; then honours a request from
+/// another vCPU to flush (it needs the frames this queue would release).
 fn with_mm<R>(f: impl FnOnce(&mut Mm<'_, 'static, Identity, KernelFrames, KernelMmu>) -> R) -> R {
     let me = percpu::cpu_index();
     let mut queue = QUEUES[me].borrow_mut();
@@ -293,7 +298,95 @@ fn with_mm<R>(f: impl FnOnce(&mut Mm<'_, 'static, Identity, KernelFrames, Kernel
         frames: &mut KernelFrames,
         mmu: &mut KernelMmu,
     };
-    f(&mut mm)
+    let r = f(&mut mm);
+    if FLUSH_REQUESTS.load(Ordering::Relaxed) & (1 << me) != 0 {
+        honour_request(&mut mm, me);
+    }
+    r
+}
+
+/// Bit n: another vCPU asked vCPU n to flush its queue, because a frame
+/// allocation failed while n might hold frames waiting for release.
+static FLUSH_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+#[cold]
+fn honour_request(m: &mut Mm<'_, 'static, Identity, KernelFrames, KernelMmu>, me: usize) {
+    m.flush(Trigger::Request);
+    FLUSH_REQUESTS.fetch_and(!(1 << me), Ordering::AcqRel);
+}
+
+/// How long an allocation waits for vCPUs that were inside an mm call when
+/// asked to flush (they flush at the end of it).
+const RECLAIM_WAIT_US: u64 = 100_000;
+
+/// The frames other vCPUs' queues hold for release: asks every other
+/// running vCPU to flush, by IPI, and returns once each has (or will at the
+/// end of the mm call it is in, which is waited for). An idle vCPU has
+/// nothing queued: it flushed before going idle. Returns true if a retry is
+/// worth it.
+fn reclaim_from_others() -> bool {
+    let others = smp::tlb_targets();
+    if others == 0 {
+        return false;
+    }
+    // Bits stay set for the vCPUs that could not flush in the handler.
+    FLUSH_REQUESTS.fetch_or(others, Ordering::AcqRel);
+    smp::call("frame reclaim", others, flush_request_handler, 0);
+    let deadline = crate::arch::x86_64::tsc::rdtsc()
+        + crate::arch::x86_64::tsc::hz() / 1_000_000 * RECLAIM_WAIT_US;
+    while FLUSH_REQUESTS.load(Ordering::Acquire) & others != 0 {
+        if crate::arch::x86_64::tsc::rdtsc() > deadline {
+            // Still inside an mm call (a long range): its frames come back
+            // when it ends, not now.
+            FLUSH_REQUESTS.fetch_and(!others, Ordering::AcqRel);
+            return true;
+        }
+        smp::serve_mailbox();
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// A request to flush, in the target's IPI handler. The queue is this
+/// vCPU's; it is free unless the interrupted code is inside the mm (then
+/// that call's end flushes, see `with_mm`), and the flush may send its own
+/// shootdown unless the interrupted code is itself waiting for
+/// acknowledgements (then it is inside the mm too, or about to return).
+fn flush_request_handler(_: u64) {
+    let me = percpu::cpu_index();
+    if smp::in_call() {
+        return;
+    }
+    if let Ok(mut queue) = QUEUES[me].try_borrow_mut() {
+        let mut m = Mm {
+            window: window(),
+            queue: &mut queue,
+            me,
+            frames: &mut KernelFrames,
+            mmu: &mut KernelMmu,
+        };
+        m.flush(Trigger::Request);
+        FLUSH_REQUESTS.fetch_and(!(1 << me), Ordering::AcqRel);
+    }
+}
+
+/// Called by a vCPU that stops running work (before it idles, and when
+/// its posted work returns): nothing stays queued on a vCPU that is not
+/// running, so its frees and invalidations are never held back.
+pub fn idle() {
+    let me = percpu::cpu_index();
+    // Borrowed means the vCPU is inside the mm: not stopping, then.
+    if let Ok(mut queue) = QUEUES[me].try_borrow_mut() {
+        let mut m = Mm {
+            window: window(),
+            queue: &mut queue,
+            me,
+            frames: &mut KernelFrames,
+            mmu: &mut KernelMmu,
+        };
+        m.flush(Trigger::Idle);
+    }
+    FLUSH_REQUESTS.fetch_and(!(1 << me), Ordering::AcqRel);
 }
 
 /// Maps `frames` (the caller's: unmap does not free them) at `va`.

@@ -37,6 +37,8 @@ static GO: AtomicBool = AtomicBool::new(false);
 static DONE: AtomicU64 = AtomicU64::new(0);
 static ROUNDS: AtomicU64 = AtomicU64::new(0);
 static SHARED: AtomicBool = AtomicBool::new(false);
+/// vCPUs in the current run.
+static RUNNING: AtomicU64 = AtomicU64::new(1);
 static POOL: [AtomicU64; FRAMES_USED] = [const { AtomicU64::new(0) }; FRAMES_USED];
 
 /// Where run slot `slot` (0 = the boot CPU's run) works.
@@ -82,7 +84,7 @@ fn run_one(slot: usize) {
             if shared {
                 // Use everybody's pages, so every vCPU's TLB holds them
                 // and each flush must reach the others.
-                for i in 0..SHARED_PAGES * smp::online_count() as u64 {
+                for i in 0..SHARED_PAGES * RUNNING.load(Ordering::Acquire) {
                     let _ = crate::arch::x86_64::interrupts::probe_read(VirtAddr::new(
                         SCALE_BASE + i * PAGE,
                     ));
@@ -132,6 +134,7 @@ pub fn suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
             for rep in 0..p.warmup + reps {
                 GO.store(false, Ordering::Release);
                 DONE.store(0, Ordering::Release);
+                RUNNING.store(v as u64, Ordering::Release);
                 for (k, &cpu) in others[..v - 1].iter().enumerate() {
                     if !smp::post_work(cpu, worker, k as u64 + 1) {
                         return Err("a scale vCPU is still busy");

@@ -283,6 +283,12 @@ pub unsafe trait Frames: TableAlloc {
     /// 512 contiguous zeroed frames, 2 MiB-aligned.
     fn alloc_zeroed_2m(&mut self) -> Option<PhysFrame<Size2MiB>>;
     fn free_2m(&mut self, frame: PhysFrame<Size2MiB>);
+    /// An allocation failed even after this vCPU's own flush: get back the
+    /// frames other vCPUs hold for release (the kernel asks them to flush).
+    /// True if something may have come back and a retry is worth it.
+    fn reclaim(&mut self) -> bool {
+        false
+    }
 }
 
 /// What [`Mm::translate`] found.
@@ -1008,11 +1014,16 @@ impl<'a, M: PhysMemory, Fr: Frames, U: Mmu> Mm<'a, '_, M, Fr, U> {
         if let Some(f) = self.frames.alloc_zeroed() {
             return Some(f);
         }
-        if !self.queue.has_pending_releases() {
-            return None;
+        if self.queue.has_pending_releases() {
+            self.flush(Trigger::Reuse);
+            if let Some(f) = self.frames.alloc_zeroed() {
+                return Some(f);
+            }
         }
-        self.flush(Trigger::Reuse);
-        self.frames.alloc_zeroed()
+        if self.frames.reclaim() {
+            return self.frames.alloc_zeroed();
+        }
+        None
     }
 
     /// Stores `value(i)` into the entries of the run's pages, which must

@@ -185,6 +185,10 @@ struct Machine<'e> {
     allocated: RefCell<HashSet<PhysFrame>>,
     /// Allocations left before one fails (fault injection).
     fail_after: Cell<Option<u64>>,
+    /// What the kernel's reclaim (other vCPUs flushing on request) would
+    /// give back, and how often it was asked.
+    reclaimable: RefCell<Vec<PhysFrame>>,
+    reclaims: Cell<u64>,
     released: RefCell<Vec<PhysFrame>>,
     /// 2 MiB data frames, as `free`; and what came back.
     free_2m: RefCell<Vec<PhysFrame<Size2MiB>>>,
@@ -312,6 +316,14 @@ unsafe impl Frames for Pool<'_, '_> {
         Some(f)
     }
 
+    fn reclaim(&mut self) -> bool {
+        self.m.reclaims.set(self.m.reclaims.get() + 1);
+        let mut back = self.m.reclaimable.borrow_mut();
+        let any = !back.is_empty();
+        self.m.free.borrow_mut().append(&mut back);
+        any
+    }
+
     fn free(&mut self, f: PhysFrame) {
         if !self.m.allocated.borrow_mut().remove(&f) {
             self.m.violation(format!(
@@ -399,6 +411,8 @@ impl<'e> Harness<'e> {
             ),
             allocated: RefCell::new(HashSet::new()),
             fail_after: Cell::new(None),
+            reclaimable: RefCell::new(Vec::new()),
+            reclaims: Cell::new(0),
             released: RefCell::new(Vec::new()),
             free_2m: RefCell::new(
                 (0..LARGE_FRAMES)
@@ -894,6 +908,34 @@ fn reuse_flushes_pending_releases_first() {
     assert_eq!(c.flushes[Trigger::Reuse as usize], 1);
     assert_eq!(c.frames_released, 4);
     assert_eq!(h.map_anon(0, wva(520), 2, RW), Err(Error::OutOfFrames));
+    h.assert_clean();
+}
+
+/// An allocation that finds the pool empty flushes its own queue first
+/// and asks the kernel to reclaim from other vCPUs only if that was not
+/// enough; whatever the reclaim gives back is used, and a reclaim that
+/// gives nothing ends in OutOfFrames, without a retry loop.
+#[test]
+fn reclaim_only_after_own_flush() {
+    let env = Env::new();
+    let mut h = Harness::new(&env, 2, 4, true);
+    h.map_anon(0, wva(0), 4, RW).unwrap();
+    h.unmap(0, wva(0), 4).unwrap();
+    h.map_anon(0, wva(512), 4, RW).unwrap();
+    assert_eq!(h.m.reclaims.get(), 0, "the own flush was enough");
+    assert_eq!(h.counters(0).flushes[Trigger::Reuse as usize], 1);
+
+    // The pool is empty; two frames come back only through a reclaim.
+    h.unmap(0, wva(512), 2).unwrap();
+    h.flush(0);
+    let back: Vec<PhysFrame> = h.m.free.borrow_mut().drain(..).collect();
+    assert_eq!(back.len(), 2);
+    h.m.reclaimable.borrow_mut().extend(back);
+    h.map_anon(1, wva(1024), 2, RW).unwrap();
+    assert_eq!(h.m.reclaims.get(), 1, "one reclaim for the first page");
+    assert_eq!(h.counters(1).flushes[Trigger::Reuse as usize], 0);
+    assert_eq!(h.map_anon(1, wva(1030), 1, RW), Err(Error::OutOfFrames));
+    assert_eq!(h.m.reclaims.get(), 2, "asked once, not in a loop");
     h.assert_clean();
 }
 

@@ -142,13 +142,16 @@ pub enum Trigger {
     /// An operation outside lazy mode, applied at once (the immediate
     /// backend flushes this way after every call).
     Unbatched,
-    /// Another vCPU asked this one to flush (posted work), to get at its
-    /// pending frees.
+    /// Another vCPU asked this one to flush, to get at its pending frees.
     Request,
+    /// This vCPU stopped running work: it is about to go idle, or its
+    /// posted work returned (Linux leaves lazy MMU mode at a context
+    /// switch). Nothing stays queued on a vCPU that is not running.
+    Idle,
 }
 
 impl Trigger {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [Trigger; Self::COUNT] = [
         Trigger::Full,
         Trigger::Leave,
@@ -158,6 +161,7 @@ impl Trigger {
         Trigger::Remap,
         Trigger::Unbatched,
         Trigger::Request,
+        Trigger::Idle,
     ];
 
     pub fn name(self) -> &'static str {
@@ -170,6 +174,7 @@ impl Trigger {
             Trigger::Remap => "remap",
             Trigger::Unbatched => "unbatched",
             Trigger::Request => "request",
+            Trigger::Idle => "idle",
         }
     }
 }

@@ -865,3 +865,158 @@ pub fn large_wrong_size_refused() -> Outcome {
         Err(d)
     }
 }
+
+// --- Idle vCPUs and frame reclaim -----------------------------------------
+
+fn remote_map_unmap(addr: u64) {
+    let va = VirtAddr::new(addr);
+    let r = mm::map_anon(va, 16, Prot::READ_WRITE).and_then(|()| mm::unmap(va, 16));
+    REMOTE_RESULT.store(
+        match r {
+            Ok(()) => mm::pending() as u64,
+            Err(_) => REMOTE_FAULTED,
+        },
+        Ordering::Release,
+    );
+}
+
+/// A vCPU whose posted work leaves unmaps queued flushes before it goes
+/// idle: its frames are back before its work is reported done.
+pub fn idle_flushes() -> Outcome {
+    let Some(b) = other_cpu() else {
+        return Ok(detail(format_args!("skipped: needs a second vCPU")));
+    };
+    if mm::backend() == Backend::Immediate {
+        return Ok(detail(format_args!(
+            "skipped: nothing stays queued under pv=immediate"
+        )));
+    }
+    let free = mm::free_frames();
+    on_cpu(b, remote_map_unmap, region(17).as_u64())?;
+    let queued = REMOTE_RESULT.load(Ordering::Acquire);
+    let after = mm::free_frames();
+    let tables = mm::table_pages();
+    // The table pages the map made stay; every data frame is back.
+    if queued == 0 || queued == REMOTE_FAULTED || free - after > tables {
+        return Err(detail(format_args!(
+            "cpu{b} had {queued} records queued; free frames {free} -> {after}"
+        )));
+    }
+    Ok(detail(format_args!(
+        "cpu{b} went idle with {queued} records queued and flushed them: its 16 frames are back"
+    )))
+}
+
+static HOLDING: AtomicU64 = AtomicU64::new(0);
+
+/// Takes every free frame, chained through the frames themselves; returns
+/// how many.
+fn hold_all_frames() -> u64 {
+    let mut n = 0;
+    loop {
+        let f = FRAMES.lock().as_mut().and_then(|a| a.alloc().ok());
+        let Some(f) = f else { return n };
+        let p = Identity
+            .ptr(f.start_address(), 8)
+            .expect("RAM is identity-mapped") as *mut u64;
+        // SAFETY: a frame just allocated to this test, identity-mapped.
+        unsafe { p.write(HOLDING.load(Ordering::Relaxed)) };
+        HOLDING.store(f.start_address().as_u64(), Ordering::Relaxed);
+        n += 1;
+    }
+}
+
+/// Gives back `n` held frames (all of them for `u64::MAX`).
+fn release_held(n: u64) {
+    for _ in 0..n {
+        let head = HOLDING.load(Ordering::Relaxed);
+        if head == 0 {
+            return;
+        }
+        let f = PhysFrame::containing_address(PhysAddr::new(head));
+        let p = Identity
+            .ptr(f.start_address(), 8)
+            .expect("RAM is identity-mapped") as *mut u64;
+        // SAFETY: a held frame; its first word links the next one.
+        HOLDING.store(unsafe { p.read() }, Ordering::Relaxed);
+        if let Some(a) = FRAMES.lock().as_mut() {
+            let _ = a.free(f);
+        }
+    }
+}
+
+static RECLAIM_STOP: AtomicU64 = AtomicU64::new(0);
+/// The flushes vCPU B made on request during the reclaim test, counted by B.
+static RECLAIM_REQUESTED: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU B's side of the reclaim test: unmap its pages (the frees stay
+/// queued), then stay busy, calling into the mm now and then as running
+/// code does, until A is done.
+fn remote_hold_then_spin(addr: u64) {
+    let va = VirtAddr::new(addr);
+    let r = mm::map_anon(va, 8, Prot::READ_WRITE).and_then(|()| mm::unmap(va, 8));
+    REMOTE_RESULT.store(
+        if r.is_ok() { 1 } else { REMOTE_FAULTED },
+        Ordering::Release,
+    );
+    let before = mm::counters().flushes[Trigger::Request as usize];
+    STEP.store(1, Ordering::Release);
+    while RECLAIM_STOP.load(Ordering::Acquire) == 0 {
+        let _ = mm::pending();
+        core::hint::spin_loop();
+    }
+    let after = mm::counters().flushes[Trigger::Request as usize];
+    RECLAIM_REQUESTED.store(after - before, Ordering::Release);
+}
+
+/// With every frame taken, vCPU B unmaps 8 pages and stays busy, its
+/// frees queued; A's allocation, which finds the allocator empty, asks B
+/// to flush and gets a frame instead of OutOfFrames.
+pub fn reclaim_from_busy_vcpu() -> Outcome {
+    let Some(b) = other_cpu() else {
+        return Ok(detail(format_args!("skipped: needs a second vCPU")));
+    };
+    if mm::backend() == Backend::Immediate {
+        return Ok(detail(format_args!(
+            "skipped: nothing stays queued under pv=immediate"
+        )));
+    }
+    let bva = region(18);
+    // Tables first, so the test's frames go only to data.
+    mm::map_anon(bva, 8, Prot::READ).map_err(fail)?;
+    mm::map_anon(region(18) + (4u64 << 20), 1, Prot::READ).map_err(fail)?;
+    mm::unmap(bva, 8).map_err(fail)?;
+    mm::unmap(region(18) + (4u64 << 20), 1).map_err(fail)?;
+    mm::flush();
+    let held = hold_all_frames();
+    release_held(8); // exactly B's 8
+    STEP.store(0, Ordering::Release);
+    RECLAIM_STOP.store(0, Ordering::Release);
+    RECLAIM_REQUESTED.store(0, Ordering::Release);
+    REMOTE_RESULT.store(0, Ordering::Release);
+    if !smp::post_work(b, remote_hold_then_spin, bva.as_u64()) {
+        release_held(u64::MAX);
+        return Err(detail(format_args!("cpu{b} is busy")));
+    }
+    let deadline = crate::arch::x86_64::tsc::rdtsc() + crate::arch::x86_64::tsc::hz() * 5;
+    while STEP.load(Ordering::Acquire) != 1 && crate::arch::x86_64::tsc::rdtsc() < deadline {
+        core::hint::spin_loop();
+    }
+    let b_ok = REMOTE_RESULT.load(Ordering::Acquire) == 1;
+    let r = mm::map_anon(region(18) + (4u64 << 20), 1, Prot::READ_WRITE);
+    RECLAIM_STOP.store(1, Ordering::Release);
+    on_cpu_wait(b)?;
+    let requests = RECLAIM_REQUESTED.load(Ordering::Acquire);
+    let _ = mm::unmap(region(18) + (4u64 << 20), 1);
+    mm::flush();
+    release_held(u64::MAX);
+    let d = detail(format_args!(
+        "{held} frames held; cpu{b} unmapped 8 ({b_ok}); the map with the allocator empty: \
+         {r:?} after {requests} requested flushes"
+    ));
+    if b_ok && r.is_ok() && requests >= 1 {
+        Ok(d)
+    } else {
+        Err(d)
+    }
+}

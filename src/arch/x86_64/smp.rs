@@ -268,6 +268,9 @@ fn run_posted_work() {
         // SAFETY: `post_work` only stores `fn(u64)` pointers.
         let f: fn(u64) = unsafe { core::mem::transmute(f as usize) };
         f(w.arg.load(Ordering::Acquire));
+        // Nothing stays queued on a vCPU that is not running work: flushed
+        // before `done`, so whoever waits for the work sees its frees too.
+        crate::mm::idle();
         w.done.store(true, Ordering::Release);
         // The work may have touched mm memory: back to lazy TLB only through
         // idle_loop's flush.
@@ -400,6 +403,16 @@ pub fn call(what: &str, targets: u64, handler: fn(u64), arg: u64) -> u32 {
         req.handler.store(0, Ordering::Release);
         sent
     })
+}
+
+/// True while this CPU is inside [`call`], waiting for acknowledgements: a
+/// handler must not start a call of its own then (the request slot is in
+/// use).
+pub fn in_call() -> bool {
+    REQUESTS[percpu::cpu_index()]
+        .handler
+        .load(Ordering::Acquire)
+        != 0
 }
 
 /// Which of `targets` no longer have our request pending (best effort, for

@@ -238,11 +238,16 @@ impl<M: PhysMemory, Fr: Frames, U: Mmu> Mm<'_, '_, M, Fr, U> {
         if let Some(f) = self.frames.alloc_zeroed_2m() {
             return Some(f);
         }
-        if !self.queue.has_pending_releases() {
-            return None;
+        if self.queue.has_pending_releases() {
+            self.flush(Trigger::Reuse);
+            if let Some(f) = self.frames.alloc_zeroed_2m() {
+                return Some(f);
+            }
         }
-        self.flush(Trigger::Reuse);
-        self.frames.alloc_zeroed_2m()
+        if self.frames.reclaim() {
+            return self.frames.alloc_zeroed_2m();
+        }
+        None
     }
 
     /// Refuses, before anything is taken, a run that meets 4 KiB tables
