@@ -15,7 +15,8 @@
 //! host-drained backend would be a third [`Backend`] whose flush hands the
 //! ring to the host in one hypercall; the API would not change.
 
-use crate::arch::x86_64::{percpu, smp};
+use crate::arch::x86_64::percpu::{self, CpuLocal, CpuSlots};
+use crate::arch::x86_64::smp;
 use crate::memory::{Identity, TableFrames, FRAMES};
 use atomic_refcell::AtomicRefCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -41,35 +42,39 @@ static BACKEND: AtomicU8 = AtomicU8::new(Backend::Batched as u8);
 static NO_SHOOTDOWN: AtomicBool = AtomicBool::new(false);
 const _: () = assert!(MAX_CPUS == percpu::MAX_CPUS);
 
-/// Each vCPU's queue. Only its own vCPU borrows it, from thread context
-/// (interrupt handlers never do, except the fault hook, which only tries),
-/// so a borrow never waits; a second borrow on the same vCPU is a bug in
-/// the mm and panics instead of aliasing.
-static QUEUES: [AtomicRefCell<Queue>; MAX_CPUS] =
-    [const { AtomicRefCell::new(Queue::new()) }; MAX_CPUS];
-static PUBLISHED: [AtomicRefCell<Counters>; MAX_CPUS] =
-    [const { AtomicRefCell::new(Counters::ZERO) }; MAX_CPUS];
+/// Each vCPU's queue, reachable only from its own vCPU. Thread context
+/// borrows it; interrupt handlers (the fault hook, a flush request) only
+/// try, so a borrow never waits; a second borrow from thread context is a
+/// bug in the mm and panics instead of aliasing.
+static QUEUE: CpuLocal<AtomicRefCell<Queue>> =
+    CpuLocal::new([const { AtomicRefCell::new(Queue::new()) }; MAX_CPUS]);
+/// Each vCPU's counters as it last published them (on request, in its IPI
+/// handler), for `counters_all` on another vCPU.
+static PUBLISHED: CpuSlots<AtomicRefCell<Counters>> =
+    CpuSlots::new([const { AtomicRefCell::new(Counters::ZERO) }; MAX_CPUS]);
 
 /// What a vCPU counts outside its queue: the invalidations it runs for
-/// other vCPUs' shootdowns, and its lazy-TLB reloads. Written only by that
-/// vCPU, from its IPI handler or its idle loop.
+/// other vCPUs' shootdowns, and its lazy-TLB reloads. Only that vCPU
+/// touches them, from its IPI handler or its idle loop.
 struct Remote {
     invlpg: AtomicU64,
     full_flushes: AtomicU64,
     lazy_tlb_reloads: AtomicU64,
 }
 
-static REMOTE: [Remote; MAX_CPUS] = [const {
-    Remote {
-        invlpg: AtomicU64::new(0),
-        full_flushes: AtomicU64::new(0),
-        lazy_tlb_reloads: AtomicU64::new(0),
-    }
-}; MAX_CPUS];
+static REMOTE: CpuLocal<Remote> = CpuLocal::new(
+    [const {
+        Remote {
+            invlpg: AtomicU64::new(0),
+            full_flushes: AtomicU64::new(0),
+            lazy_tlb_reloads: AtomicU64::new(0),
+        }
+    }; MAX_CPUS],
+);
 
 /// Each vCPU's CR3, read once: the kernel's own reloads (the full flush,
 /// lazy TLB) take it from here instead of reading the register.
-static CR3: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static CR3: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
 
 fn bump(c: &AtomicU64) {
     // Single writer (this vCPU): a plain read-modify-write suffices.
@@ -89,7 +94,7 @@ pub fn init(backend: Backend, no_shootdown: bool) {
         panic!("mm::init ran twice");
     }
     NO_SHOOTDOWN.store(no_shootdown, Ordering::Relaxed);
-    set_backend_all(backend);
+    set_backend(backend);
     crate::arch::x86_64::interrupts::set_page_fault_hook(on_page_fault);
 }
 
@@ -97,35 +102,36 @@ fn window() -> &'static Window<'static, Identity> {
     WINDOW.get().expect("mm::init ran at boot")
 }
 
-/// Switches every vCPU's queue to `backend`. Only while the other CPUs are
-/// idle (benchmarks and tests switch between runs).
+/// Switches the backend: this vCPU's queue at once, every other vCPU's
+/// when it next starts posted work ([`work_starts`]), since only a queue's
+/// own vCPU touches it. Benchmarks and tests switch between runs, with
+/// the other vCPUs idle.
 pub fn set_backend(backend: Backend) {
     flush();
-    set_backend_all(backend);
+    BACKEND.store(backend as u8, Ordering::Release);
+    adopt_backend(&mut QUEUE.get().borrow_mut());
 }
 
-fn set_backend_all(backend: Backend) {
-    BACKEND.store(backend as u8, Ordering::Release);
-    for q in &QUEUES {
-        // Boot, or between benchmark runs with the other vCPUs idle: a queue
-        // borrowed now would be a vCPU inside the mm, a bug worth a panic.
-        let mut q = q.borrow_mut();
-        let lazy = backend == Backend::Batched;
-        while q.in_lazy_mmu() != lazy {
-            if lazy {
-                q.enter_lazy_mmu();
-            } else {
-                // Only the owner may flush its queue: one that still holds
-                // entries means a vCPU left work pending, and switching would
-                // lose it. set_backend flushes this CPU's own first.
-                assert!(
-                    q.is_empty(),
-                    "set_backend with entries pending in another vCPU's queue"
-                );
-                let _ = q.exit_lazy_mmu();
-            }
+/// Brings this vCPU's queue to the current backend: in lazy MMU mode from
+/// the outside under `pv=batched`, out of it under `pv=immediate`.
+fn adopt_backend(q: &mut Queue) {
+    let lazy = backend() == Backend::Batched;
+    while q.in_lazy_mmu() != lazy {
+        if lazy {
+            q.enter_lazy_mmu();
+        } else {
+            // Called between calls (set_backend flushed, and posted work
+            // starts with the queue flushed by the previous work's end).
+            assert!(q.is_empty(), "backend switch with entries queued");
+            let _ = q.exit_lazy_mmu();
         }
     }
+}
+
+/// Called by a vCPU before it runs posted work: it picks up a backend
+/// switch made since its last work.
+pub fn work_starts() {
+    adopt_backend(&mut QUEUE.get().borrow_mut());
 }
 
 pub fn backend() -> Backend {
@@ -137,12 +143,13 @@ pub fn backend() -> Backend {
 }
 
 /// This vCPU's CR3 as it was first read (the kernel never changes it).
-fn cr3(me: usize) -> u64 {
-    match CR3[me].load(Ordering::Relaxed) {
+fn cr3() -> u64 {
+    let cache = CR3.get();
+    match cache.load(Ordering::Relaxed) {
         0 => {
             let (frame, flags) = Cr3::read_raw();
             let v = frame.start_address().as_u64() | u64::from(flags);
-            CR3[me].store(v, Ordering::Relaxed);
+            cache.store(v, Ordering::Relaxed);
             v
         }
         v => v,
@@ -151,7 +158,7 @@ fn cr3(me: usize) -> u64 {
 
 /// Drops this vCPU's non-global translations by reloading CR3.
 pub fn reload_cr3() {
-    let v = cr3(percpu::cpu_index());
+    let v = cr3();
     // SAFETY: `v` is this CPU's live root as read at its first reload (the
     // kernel never switches roots), so reloading it changes no mapping; it
     // drops every non-global TLB entry, which is the point.
@@ -161,7 +168,7 @@ pub fn reload_cr3() {
 /// Lazy TLB's reload on leaving idle (smp.rs), counted.
 pub fn lazy_tlb_reload() {
     reload_cr3();
-    bump(&REMOTE[percpu::cpu_index()].lazy_tlb_reloads);
+    bump(&REMOTE.get().lazy_tlb_reloads);
 }
 
 /// The privileged operations of a flush, done for real.
@@ -242,7 +249,7 @@ fn shootdown_handler(arg: u64) {
     // SAFETY: the sender keeps the Invalidation alive until every target has
     // acknowledged, and acknowledgement comes after this returns.
     let inv = unsafe { &*(arg as *const Invalidation) };
-    let r = &REMOTE[percpu::cpu_index()];
+    let r = REMOTE.get();
     match inv {
         Invalidation::Pages(pages) => {
             for p in pages {
@@ -266,7 +273,7 @@ fn write_cr_now(reg: Cr, value: u64) {
         // interrupts masked, so no shootdown handler between the two
         // reloads the old root.
         crate::arch::x86_64::irq::without(|| {
-            CR3[percpu::cpu_index()].store(value, Ordering::Relaxed);
+            CR3.get().store(value, Ordering::Relaxed);
             // SAFETY: CR3 is only ever rewritten with the live root
             // (mm::write_cr's contract).
             unsafe {
@@ -289,8 +296,9 @@ fn write_cr_now(reg: Cr, value: u64) {
 /// Runs `f` with this vCPU's view of the mm; then honours a request from
 /// another vCPU to flush (it needs the frames this queue would release).
 fn with_mm<R>(f: impl FnOnce(&mut Mm<'_, 'static, Identity, KernelFrames, KernelMmu>) -> R) -> R {
-    let me = percpu::cpu_index();
-    let mut queue = QUEUES[me].borrow_mut();
+    let cpu = percpu::this_cpu();
+    let me = cpu.index();
+    let mut queue = QUEUE.on(cpu).borrow_mut();
     let mut mm = Mm {
         window: window(),
         queue: &mut queue,
@@ -299,7 +307,9 @@ fn with_mm<R>(f: impl FnOnce(&mut Mm<'_, 'static, Identity, KernelFrames, Kernel
         mmu: &mut KernelMmu,
     };
     let r = f(&mut mm);
-    if FLUSH_REQUESTS.load(Ordering::Relaxed) & (1 << me) != 0 {
+    // Any request at all is rare: one load and a branch on the hot path.
+    let requests = FLUSH_REQUESTS.load(Ordering::Relaxed);
+    if requests != 0 && requests & (1 << me) != 0 {
         honour_request(&mut mm, me);
     }
     r
@@ -357,7 +367,7 @@ fn flush_request_handler(_: u64) {
     if smp::in_call() {
         return;
     }
-    if let Ok(mut queue) = QUEUES[me].try_borrow_mut() {
+    if let Ok(mut queue) = QUEUE.get().try_borrow_mut() {
         let mut m = Mm {
             window: window(),
             queue: &mut queue,
@@ -376,7 +386,7 @@ fn flush_request_handler(_: u64) {
 pub fn idle() {
     let me = percpu::cpu_index();
     // Borrowed means the vCPU is inside the mm: not stopping, then.
-    if let Ok(mut queue) = QUEUES[me].try_borrow_mut() {
+    if let Ok(mut queue) = QUEUE.get().try_borrow_mut() {
         let mut m = Mm {
             window: window(),
             queue: &mut queue,
@@ -493,11 +503,10 @@ pub unsafe fn write_cr(reg: Cr, value: u64) {
 /// Reads a control register from the per-vCPU cache (the register is read
 /// once, the first time).
 pub fn read_cr(reg: Cr) -> u64 {
-    let me = percpu::cpu_index();
     with_mm(|m| {
         m.read_cr(reg, || match reg {
             Cr::Cr0 => Cr0::read_raw(),
-            Cr::Cr3 => cr3(me),
+            Cr::Cr3 => cr3(),
             Cr::Cr4 => Cr4::read_raw(),
         })
     })
@@ -513,7 +522,7 @@ fn on_page_fault(addr: VirtAddr, error_code: u64) -> bool {
     }
     let me = percpu::cpu_index();
     // Borrowed already: the fault is inside the mm itself, a bug to report.
-    let Ok(mut queue) = QUEUES[me].try_borrow_mut() else {
+    let Ok(mut queue) = QUEUE.get().try_borrow_mut() else {
         return false;
     };
     let mut m = Mm {
@@ -528,25 +537,24 @@ fn on_page_fault(addr: VirtAddr, error_code: u64) -> bool {
 
 /// This vCPU's counters, with what it ran for other vCPUs.
 pub fn counters() -> Counters {
-    let me = percpu::cpu_index();
     let mut c = with_mm(|m| *m.queue.counters());
-    add_remote(&mut c, me);
+    add_remote(&mut c);
     c
 }
 
-fn add_remote(c: &mut Counters, cpu: usize) {
-    let r = &REMOTE[cpu];
+fn add_remote(c: &mut Counters) {
+    let r = REMOTE.get();
     c.remote_invlpg += r.invlpg.load(Ordering::Relaxed);
     c.remote_full_flushes += r.full_flushes.load(Ordering::Relaxed);
     c.lazy_tlb_reloads += r.lazy_tlb_reloads.load(Ordering::Relaxed);
 }
 
 fn publish_counters(_: u64) {
-    let me = percpu::cpu_index();
     // Borrowed only if this vCPU is mid-flush, serving IPIs while it waits
     // for a shootdown: keep the last published figures then.
-    if let (Ok(q), Ok(mut p)) = (QUEUES[me].try_borrow(), PUBLISHED[me].try_borrow_mut()) {
+    if let (Ok(q), Ok(mut p)) = (QUEUE.get().try_borrow(), PUBLISHED.mine().try_borrow_mut()) {
         *p = *q.counters();
+        add_remote(&mut p);
     }
 }
 
@@ -559,10 +567,9 @@ pub fn counters_all() -> Counters {
     while others != 0 {
         let cpu = others.trailing_zeros() as usize;
         others &= others - 1;
-        if let Ok(p) = PUBLISHED[cpu].try_borrow() {
+        if let Ok(p) = PUBLISHED.of(cpu).try_borrow() {
             total.add(&p);
         }
-        add_remote(&mut total, cpu);
     }
     total
 }

@@ -24,7 +24,7 @@
 mod scale;
 mod workload;
 
-use crate::arch::x86_64::interrupts::{probe_read, IPIS_TAKEN, IPI_VECTOR};
+use crate::arch::x86_64::interrupts::{ipis_taken, probe_read, IPI_VECTOR};
 use crate::arch::x86_64::{apic, percpu, smp, tsc};
 use crate::memory::FRAMES;
 use crate::mm::{self, Protection as Prot};
@@ -471,9 +471,9 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
         "self_ipi",
         measure(p, k, || {
             for _ in 0..k {
-                let before = IPIS_TAKEN[me].load(Ordering::Relaxed);
+                let before = ipis_taken();
                 apic::send_self_ipi(IPI_VECTOR);
-                while IPIS_TAKEN[me].load(Ordering::Relaxed) == before {
+                while ipis_taken() == before {
                     core::hint::spin_loop();
                 }
             }

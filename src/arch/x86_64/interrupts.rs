@@ -7,7 +7,8 @@
 //! [`probe_exec`]), which let tests touch memory that ought to fault and get
 //! the fault back as a value, and the mm's fault-driven flush hook.
 
-use super::{apic, gdt, percpu, power, serial};
+use super::percpu::{self, CpuLocal};
+use super::{apic, gdt, power, serial};
 use core::arch::naked_asm;
 use core::cell::UnsafeCell;
 use core::fmt::Write;
@@ -222,15 +223,17 @@ struct ProbeState {
     caught: UnsafeCell<Option<Fault>>,
     exec_target: AtomicU64,
 }
-// SAFETY: each CPU touches only its own slot (indexed by its CPU number),
-// and the trap handler runs on that same CPU with interrupts off.
+// SAFETY: each CPU reaches only its own slot (a `CpuLocal`), and the trap
+// handler runs on that same CPU with interrupts off.
 unsafe impl Sync for ProbeState {}
-static PROBES: [ProbeState; percpu::MAX_CPUS] = [const {
-    ProbeState {
-        caught: UnsafeCell::new(None),
-        exec_target: AtomicU64::new(0),
-    }
-}; percpu::MAX_CPUS];
+static PROBES: CpuLocal<ProbeState> = CpuLocal::new(
+    [const {
+        ProbeState {
+            caught: UnsafeCell::new(None),
+            exec_target: AtomicU64::new(0),
+        }
+    }; percpu::MAX_CPUS],
+);
 
 extern "C" {
     static probe_load_insn: u8;
@@ -266,7 +269,7 @@ extern "C" {
 }
 
 fn take_caught() -> Option<Fault> {
-    let slot = &PROBES[percpu::cpu_index()];
+    let slot = PROBES.get();
     // SAFETY: only this CPU uses its slot; the handler that filled it has returned.
     unsafe { (*slot.caught.get()).take() }
 }
@@ -299,7 +302,7 @@ pub unsafe fn probe_write(addr: VirtAddr, value: u64) -> Result<(), Fault> {
 /// returns (for instance a single `ret`).
 pub unsafe fn probe_exec(addr: VirtAddr) -> Result<(), Fault> {
     let _ = take_caught();
-    let slot = &PROBES[percpu::cpu_index()];
+    let slot = PROBES.get();
     slot.exec_target.store(addr.as_u64(), Ordering::Relaxed);
     // SAFETY: the caller vouches for the target; a fetch fault at it resumes
     // at the fixup with the call's return address popped.
@@ -322,7 +325,7 @@ fn recover_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
     if fault.vector != Fault::PAGE_FAULT && fault.vector != 13 {
         return false;
     }
-    let slot = &PROBES[percpu::cpu_index()];
+    let slot = PROBES.get();
     let exec = slot.exec_target.load(Ordering::Relaxed);
     if frame.rip == load || frame.rip == store {
         frame.rip = resume;
@@ -365,14 +368,16 @@ struct StackProbeState {
 // SAFETY: as for `ProbeState`: each CPU touches only its own slot, and its
 // trap handler runs on the same CPU with interrupts off.
 unsafe impl Sync for StackProbeState {}
-static STACK_PROBES: [StackProbeState; percpu::MAX_CPUS] = [const {
-    StackProbeState {
-        guard_start: AtomicU64::new(0),
-        guard_end: AtomicU64::new(0),
-        saved_rsp: AtomicU64::new(0),
-        caught: UnsafeCell::new(None),
-    }
-}; percpu::MAX_CPUS];
+static STACK_PROBES: CpuLocal<StackProbeState> = CpuLocal::new(
+    [const {
+        StackProbeState {
+            guard_start: AtomicU64::new(0),
+            guard_end: AtomicU64::new(0),
+            saved_rsp: AtomicU64::new(0),
+            caught: UnsafeCell::new(None),
+        }
+    }; percpu::MAX_CPUS],
+);
 
 extern "C" {
     static stack_probe_resume: u8;
@@ -437,7 +442,7 @@ pub unsafe fn probe_stack_overflow(
     f: extern "C" fn(u64) -> u64,
     arg: u64,
 ) -> Result<(), StackOverflow> {
-    let slot = &STACK_PROBES[percpu::cpu_index()];
+    let slot = STACK_PROBES.get();
     super::irq::without(|| {
         // SAFETY: our slot, interrupts masked: the handler cannot run now.
         unsafe { *slot.caught.get() = None };
@@ -464,7 +469,7 @@ pub unsafe fn probe_stack_overflow(
 /// If this CPU's stack probe is armed and the fault hit its guard, records
 /// the overflow and resumes the probe. Works for #DF (on IST1) and #PF.
 fn recover_stack_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
-    let slot = &STACK_PROBES[percpu::cpu_index()];
+    let slot = STACK_PROBES.get();
     let end = slot.guard_end.load(Ordering::Relaxed);
     let cr2 = Cr2::read_raw();
     let hit = end != 0
@@ -489,12 +494,17 @@ fn recover_stack_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
 
 /// Set while a CPU is reporting a fatal trap, so a fault inside the report
 /// does not recurse.
-static REPORTING: [AtomicBool; percpu::MAX_CPUS] =
-    [const { AtomicBool::new(false) }; percpu::MAX_CPUS];
+static REPORTING: CpuLocal<AtomicBool> =
+    CpuLocal::new([const { AtomicBool::new(false) }; percpu::MAX_CPUS]);
 
 /// IPIs each CPU has taken (the self-IPI benchmark waits on its own).
-pub static IPIS_TAKEN: [AtomicU64; percpu::MAX_CPUS] =
-    [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+static IPIS_TAKEN: CpuLocal<AtomicU64> =
+    CpuLocal::new([const { AtomicU64::new(0) }; percpu::MAX_CPUS]);
+
+/// IPIs this CPU has taken.
+pub fn ipis_taken() -> u64 {
+    IPIS_TAKEN.get().load(Ordering::Relaxed)
+}
 
 /// The mm installs this to resolve #PFs on addresses with a mapping pending
 /// in this CPU's queue: it returns true when the access should be retried.
@@ -509,7 +519,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
         IPI_VECTOR => {
-            IPIS_TAKEN[percpu::cpu_index()].fetch_add(1, Ordering::Relaxed);
+            IPIS_TAKEN.get().fetch_add(1, Ordering::Relaxed);
             super::smp::serve_mailbox();
             apic::eoi();
         }
@@ -552,7 +562,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 
 fn fatal(frame: &TrapFrame, fault: Fault) -> ! {
     let cpu = percpu::cpu_index();
-    if REPORTING[cpu].swap(true, Ordering::SeqCst) {
+    if REPORTING.get().swap(true, Ordering::SeqCst) {
         // Faulted while reporting: the report is lost, the exit must not be.
         power::exit_now(power::EXIT_FAILURE);
     }

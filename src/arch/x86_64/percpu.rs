@@ -94,16 +94,113 @@ pub fn this() -> &'static PerCpu {
         core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
     };
     if p.is_null() {
-        // GS not yet set up: only the boot CPU runs this early.
-        return &PERCPU[0];
+        gs_not_set_up();
     }
     // SAFETY: a non-null self pointer was stored by init_this_cpu and points
     // into the static array.
     unsafe { &*p }
 }
 
+/// Per-CPU state asked for before `init_this_cpu`: a bug in the boot
+/// order. Reported straight to the serial port (the panic handler would ask
+/// for the CPU number again) and the guest exits.
+#[cold]
+#[inline(never)]
+fn gs_not_set_up() -> ! {
+    use core::fmt::Write;
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    if REPORTED.swap(true, Ordering::Relaxed) {
+        // Reached again on the way out (a lock's holder hook): just stop.
+        loop {
+            x86_64::instructions::hlt();
+        }
+    }
+    let _ = writeln!(
+        super::serial::Raw,
+        "\n!!! per-CPU state used before init_this_cpu set GS base (a boot-order bug)"
+    );
+    super::power::exit(super::power::EXIT_FAILURE)
+}
+
+/// This CPU, as a value: whoever holds one runs on the CPU it names. Only
+/// [`this_cpu`] makes one, from GS base, and it is neither `Send` nor
+/// `Sync`, so no static can carry it to another CPU (and code never
+/// migrates: there is no scheduler). A hot path reads GS once for it.
+#[derive(Clone, Copy)]
+pub struct ThisCpu {
+    index: u32,
+    _not_send: core::marker::PhantomData<*const ()>,
+}
+
+impl ThisCpu {
+    /// Our dense index (0 is the boot CPU).
+    #[inline]
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+/// The CPU this code runs on.
+#[inline]
+pub fn this_cpu() -> ThisCpu {
+    ThisCpu {
+        index: this().index.load(Ordering::Relaxed),
+        _not_send: core::marker::PhantomData,
+    }
+}
+
 /// This CPU's dense index (0 is the boot CPU).
 #[inline]
 pub fn cpu_index() -> usize {
     this().index()
+}
+
+/// One `T` per CPU that only its own CPU reaches: [`CpuLocal::get`] takes
+/// no CPU number, so code cannot get another CPU's slot. What another CPU
+/// wants done to it goes as a request (posted work or an IPI) that the
+/// owner serves. `T: Sync` because an interrupt handler on the same CPU
+/// may reach the slot while the interrupted code holds it: atomics and
+/// `AtomicRefCell` keep that sound (a second mutable borrow fails instead
+/// of aliasing).
+pub struct CpuLocal<T: Sync>([T; MAX_CPUS]);
+
+impl<T: Sync> CpuLocal<T> {
+    pub const fn new(slots: [T; MAX_CPUS]) -> Self {
+        CpuLocal(slots)
+    }
+
+    /// This CPU's slot.
+    #[inline]
+    pub fn get(&self) -> &T {
+        self.on(this_cpu())
+    }
+
+    /// The slot of `cpu`, which is this CPU.
+    #[inline]
+    pub fn on(&self, cpu: ThisCpu) -> &T {
+        &self.0[cpu.index()]
+    }
+}
+
+/// One `T` per CPU that its owner writes and other CPUs read (or post
+/// into): [`CpuSlots::mine`] for the owner, [`CpuSlots::of`] for the
+/// others. Every field a slot shares is atomic or behind a lock.
+pub struct CpuSlots<T: Sync>([T; MAX_CPUS]);
+
+impl<T: Sync> CpuSlots<T> {
+    pub const fn new(slots: [T; MAX_CPUS]) -> Self {
+        CpuSlots(slots)
+    }
+
+    /// This CPU's slot.
+    #[inline]
+    pub fn mine(&self) -> &T {
+        &self.0[cpu_index()]
+    }
+
+    /// CPU `cpu`'s slot.
+    #[inline]
+    pub fn of(&self, cpu: usize) -> &T {
+        &self.0[cpu]
+    }
 }

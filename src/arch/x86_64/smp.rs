@@ -267,6 +267,7 @@ fn run_posted_work() {
     if f != 0 {
         // SAFETY: `post_work` only stores `fn(u64)` pointers.
         let f: fn(u64) = unsafe { core::mem::transmute(f as usize) };
+        crate::mm::work_starts();
         f(w.arg.load(Ordering::Acquire));
         // Nothing stays queued on a vCPU that is not running work: flushed
         // before `done`, so whoever waits for the work sees its frees too.
