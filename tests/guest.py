@@ -106,7 +106,7 @@ MATRIX: list[Config] = [
     # The in-guest tests (src/selftest/): each prints an HB test
     # line. Every machine at 1, 2 and 4 vCPUs under both backends (issues 3
     # and 5); --quick keeps three of them.
-    *[Config(m, n, f"run=test pv={pv}", min_tests=32,
+    *[Config(m, n, f"run=test pv={pv}", min_tests=33,
              quick=(m, n, pv) in {("microvm", 2, "batched"), ("q35", 4, "batched"),
                                   ("microvm", 4, "immediate")})
       for m in ("microvm", "pc", "q35") for n in (1, 2, 4) for pv in ("batched", "immediate")],
@@ -155,11 +155,11 @@ MATRIX: list[Config] = [
     Config("pc",      4,   "run=stress ops=40000 fail_alloc_at=5", timeout=120,
            must_print=r"the injected allocation failure: out of", must_events=("stress_summary",)),
     # An AP that never starts: named, the others come up and pass the tests.
-    Config("q35",     4,   "run=test skip_cpu=2",    cpus_online=3, min_tests=32,
+    Config("q35",     4,   "run=test skip_cpu=2",    cpus_online=3, min_tests=33,
            must_print=r"\(APIC ID 2\) did not come up: skipped on purpose"),
     # No ACPI, a corrupt MADT: one CPU and a clear message.
     Config("microvm", 2,   "run=test inject=no_acpi", cpus_listed=1, cpus_online=1,
-           quick=True, min_tests=32, must_print=r"no ACPI: the boot loader gave no RSDP"),
+           quick=True, min_tests=33, must_print=r"no ACPI: the boot loader gave no RSDP"),
     Config("q35",     2,   "run=boot inject=madt_checksum", cpus_listed=1, cpus_online=1,
            quick=True, must_print=r"no usable ACPI: ACPI: APIC at 0x[0-9a-f]+ has a bad checksum"),
     Config("pc",      4,   "run=boot inject=madt_checksum", cpus_listed=1, cpus_online=1,

@@ -1020,3 +1020,146 @@ pub fn reclaim_from_busy_vcpu() -> Outcome {
         Err(d)
     }
 }
+
+// --- Progress beside shootdowns -------------------------------------------
+
+static PROGRESS_STOP: AtomicU64 = AtomicU64::new(0);
+/// Rounds done by the private-region vCPU, and by the second flusher.
+static PROGRESS_PRIVATE: AtomicU64 = AtomicU64::new(0);
+static PROGRESS_FLUSHER: AtomicU64 = AtomicU64::new(0);
+/// Set by a side that hit an mm error (then it stops).
+static PROGRESS_FAILED: AtomicU64 = AtomicU64::new(0);
+const PROGRESS_PAGES: u64 = 4;
+
+/// The two flushers' halves of region 19, and the private vCPU's page.
+fn progress_half(k: u64) -> VirtAddr {
+    region(19) + k * (2u64 << 20)
+}
+
+/// One flusher round: read the other flusher's pages, so this vCPU's TLB
+/// holds them and it stays a shootdown target; then unmap and map again
+/// its own, each flush sending a shootdown to the other vCPUs.
+fn flusher_round(mine: VirtAddr, theirs: VirtAddr) -> Result<(), Error> {
+    for i in 0..PROGRESS_PAGES {
+        let _ = probe_read(theirs + i * PAGE);
+    }
+    mm::unmap(mine, PROGRESS_PAGES)?;
+    mm::flush();
+    mm::map_anon(mine, PROGRESS_PAGES, Prot::READ_WRITE)?;
+    mm::flush();
+    Ok(())
+}
+
+/// The second flusher (vCPU B), until told to stop.
+fn progress_flusher(_: u64) {
+    let (mine, theirs) = (progress_half(1), progress_half(0));
+    if mm::map_anon(mine, PROGRESS_PAGES, Prot::READ_WRITE).is_err() {
+        PROGRESS_FAILED.store(1, Ordering::Release);
+        return;
+    }
+    while PROGRESS_STOP.load(Ordering::Acquire) == 0 {
+        if flusher_round(mine, theirs).is_err() {
+            PROGRESS_FAILED.store(1, Ordering::Release);
+            return;
+        }
+        PROGRESS_FLUSHER.fetch_add(1, Ordering::Release);
+    }
+    let _ = mm::unmap(mine, PROGRESS_PAGES);
+}
+
+/// The third vCPU (C): map, write, unmap and flush a page of its own, until
+/// told to stop.
+fn progress_private(_: u64) {
+    let va = progress_half(2);
+    while PROGRESS_STOP.load(Ordering::Acquire) == 0 {
+        let round = mm::map_anon(va, 1, Prot::READ_WRITE).and_then(|()| {
+            write(va, 0x9e);
+            mm::unmap(va, 1)
+        });
+        if round.is_err() {
+            PROGRESS_FAILED.store(2, Ordering::Release);
+            return;
+        }
+        mm::flush();
+        PROGRESS_PRIVATE.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// While two vCPUs (this one and B) flush with shootdowns to each other,
+/// a third (C) maps and unmaps in its private region: it must keep going,
+/// since no mm lock is held across a wait for acknowledgements.
+pub fn progress_beside_shootdowns() -> Outcome {
+    let me = percpu::cpu_index();
+    let mut others =
+        (0..percpu::MAX_CPUS).filter(|&c| c != me && smp::online_mask() & (1 << c) != 0);
+    let (Some(b), Some(c)) = (others.next(), others.next()) else {
+        return Ok(detail(format_args!("skipped: needs three vCPUs")));
+    };
+    const ROUNDS: u64 = 64;
+    PROGRESS_STOP.store(0, Ordering::Release);
+    PROGRESS_PRIVATE.store(0, Ordering::Release);
+    PROGRESS_FLUSHER.store(0, Ordering::Release);
+    PROGRESS_FAILED.store(0, Ordering::Release);
+    let (mine, theirs) = (progress_half(0), progress_half(1));
+    mm::map_anon(mine, PROGRESS_PAGES, Prot::READ_WRITE).map_err(fail)?;
+    if !smp::post_work(c, progress_private, 0) {
+        return Err(detail(format_args!("cpu{c} is busy")));
+    }
+    if !smp::post_work(b, progress_flusher, 0) {
+        PROGRESS_STOP.store(1, Ordering::Release);
+        let _ = on_cpu_wait(c);
+        return Err(detail(format_args!("cpu{b} is busy")));
+    }
+    // Both sides running before the count starts.
+    let deadline = crate::arch::x86_64::tsc::rdtsc() + crate::arch::x86_64::tsc::hz() * 5;
+    while (PROGRESS_PRIVATE.load(Ordering::Acquire) == 0
+        || PROGRESS_FLUSHER.load(Ordering::Acquire) == 0)
+        && PROGRESS_FAILED.load(Ordering::Acquire) == 0
+        && crate::arch::x86_64::tsc::rdtsc() < deadline
+    {
+        smp::serve_mailbox();
+        core::hint::spin_loop();
+    }
+    let before = mm::counters();
+    let (private0, flusher0) = (
+        PROGRESS_PRIVATE.load(Ordering::Acquire),
+        PROGRESS_FLUSHER.load(Ordering::Acquire),
+    );
+    let mut mine_result = Ok(());
+    for _ in 0..ROUNDS {
+        mine_result = flusher_round(mine, theirs);
+        if mine_result.is_err() {
+            break;
+        }
+    }
+    let (private, flusher) = (
+        PROGRESS_PRIVATE.load(Ordering::Acquire) - private0,
+        PROGRESS_FLUSHER.load(Ordering::Acquire) - flusher0,
+    );
+    let d = mm::counters().since(&before);
+    PROGRESS_STOP.store(1, Ordering::Release);
+    let waited = on_cpu_wait(b).and(on_cpu_wait(c));
+    let _ = mm::unmap(mine, PROGRESS_PAGES);
+    mm::flush();
+    waited?;
+    mine_result.map_err(fail)?;
+    let failed = PROGRESS_FAILED.load(Ordering::Acquire);
+    let dd = detail(format_args!(
+        "cpu{me}: {ROUNDS} rounds, {} shootdowns, {} IPIs; cpu{b}: {flusher} rounds; \
+         cpu{c} (private): {private} rounds meanwhile{}",
+        d.shootdowns,
+        d.ipis,
+        if failed != 0 {
+            "; an mm call failed"
+        } else {
+            ""
+        }
+    ));
+    // Each of our rounds shoots down at B and C; C must have kept going
+    // while they were in flight, B too.
+    if failed == 0 && d.shootdowns >= ROUNDS && private >= 8 && flusher >= 1 {
+        Ok(dd)
+    } else {
+        Err(dd)
+    }
+}

@@ -55,6 +55,10 @@ const TESTS: &[(&str, TestFn)] = &[
     ("mm_large_wrong_size_refused", mm::large_wrong_size_refused),
     ("mm_idle_flushes", mm::idle_flushes),
     ("mm_reclaim_from_busy_vcpu", mm::reclaim_from_busy_vcpu),
+    (
+        "mm_progress_beside_shootdowns",
+        mm::progress_beside_shootdowns,
+    ),
     ("mm_anon_not_executable", protect::anon_not_executable),
     ("mm_wx_refused", protect::wx_refused),
     (
