@@ -29,7 +29,7 @@ use hyperbatch::cmdline::{self, Config, Run};
 use hyperbatch::frames::{Range, MAX_RESERVED};
 use hyperbatch::hypervisor::TscUnit;
 use hyperbatch::pvh::{self, BootInfo};
-use hyperbatch::sync::Once;
+use hyperbatch::sync::{self, Once};
 use x86_64::PhysAddr;
 
 /// What the boot CPU found before it changed stacks.
@@ -40,6 +40,13 @@ struct Boot {
 }
 
 static BOOT: Once<Boot> = Once::new();
+
+/// What the locks need to name a holder and time a wait (sync.rs).
+static LOCKS: sync::Platform = sync::Platform {
+    cpu: || percpu::cpu_index() as u32,
+    ticks: tsc::rdtsc,
+    ticks_per_second: tsc::hz_if_known,
+};
 
 /// Stops the boot with a message and a failure status.
 fn boot_failure(what: &str, err: &dyn core::fmt::Display) -> ! {
@@ -52,6 +59,7 @@ fn boot_failure(what: &str, err: &dyn core::fmt::Display) -> ! {
 extern "C" fn kernel_entry(start_info: u32) -> ! {
     // SAFETY: index 0 is the boot CPU's and nothing uses GS yet.
     unsafe { percpu::init_this_cpu(0, 0) };
+    sync::install(&LOCKS);
     console::init();
     log::info!("hyperbatch {} booting", env!("HB_GIT_REV"));
 

@@ -54,12 +54,12 @@ impl PhysMemory for Identity {
 }
 
 /// The frame allocator, shared by every CPU.
-pub static FRAMES: IrqLock<Option<FrameAllocator>> = IrqLock::new(None);
+pub static FRAMES: IrqLock<Option<FrameAllocator>> = IrqLock::named("FRAMES", None);
 
 /// Root of the kernel's page tables (one address space for every CPU).
 static ROOT: AtomicU64 = AtomicU64::new(0);
 /// Serialises changes to the kernel's own mappings (stacks, boot layout).
-static KERNEL_MAP: IrqLock<()> = IrqLock::new(());
+static KERNEL_MAP: IrqLock<()> = IrqLock::named("KERNEL_MAP", ());
 
 #[derive(Debug)]
 pub enum Error {

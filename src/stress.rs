@@ -171,20 +171,23 @@ struct Params {
     progress_every: u64,
 }
 
-static PARAMS: SpinLock<Params> = SpinLock::new(Params {
-    seed: 0,
-    ops_per_cpu: 0,
-    online: 0,
-    immediate: false,
-    alloc_fail_armed: false,
-    progress_every: 0,
-});
+static PARAMS: SpinLock<Params> = SpinLock::named(
+    "stress PARAMS",
+    Params {
+        seed: 0,
+        ops_per_cpu: 0,
+        online: 0,
+        immediate: false,
+        alloc_fail_armed: false,
+        progress_every: 0,
+    },
+);
 static READY: AtomicU32 = AtomicU32::new(0);
 static GO: AtomicBool = AtomicBool::new(false);
 /// Operations each worker has done so far (the stall watchdog reads it).
 static PROGRESS: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
 static RESULTS: [SpinLock<Option<Stats>>; percpu::MAX_CPUS] =
-    [const { SpinLock::new(None) }; percpu::MAX_CPUS];
+    [const { SpinLock::named("stress RESULTS", None) }; percpu::MAX_CPUS];
 /// Injected allocation failures seen by any worker.
 static INJECTED: AtomicU64 = AtomicU64::new(0);
 
@@ -740,7 +743,10 @@ impl Worker {
         self.stats.shared_maps += 1;
         let mut frames = [None; SHARED_PAGES];
         for f in &mut frames {
-            match FRAMES.lock().as_mut().map(|a| a.alloc()) {
+            // A statement of its own: the guard must drop before the failure
+            // arm frees frames, which takes FRAMES again.
+            let got = FRAMES.lock().as_mut().map(|a| a.alloc());
+            match got {
                 Some(Ok(frame)) => *f = Some(frame),
                 Some(Err(_)) | None => {
                     free_frames(&frames);
@@ -1324,7 +1330,7 @@ const FLUSH_BASE: u64 = WINDOW_BASE + (45 << 30);
 
 static FLUSH_ARRIVED: AtomicU64 = AtomicU64::new(0);
 static FLUSH_PARTIES: AtomicU64 = AtomicU64::new(0);
-static FLUSH_FAILED: SpinLock<Option<Detail>> = SpinLock::new(None);
+static FLUSH_FAILED: SpinLock<Option<Detail>> = SpinLock::named("FLUSH_FAILED", None);
 
 fn nop(_: u64) {}
 

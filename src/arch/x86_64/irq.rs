@@ -24,6 +24,13 @@ impl<T> IrqLock<T> {
         }
     }
 
+    /// A lock that reports (self-deadlock, timeout) call `name`.
+    pub const fn named(name: &'static str, value: T) -> Self {
+        IrqLock {
+            inner: SpinLock::named(name, value),
+        }
+    }
+
     pub fn lock(&self) -> IrqGuard<'_, T> {
         let were_enabled = interrupts::are_enabled();
         interrupts::disable();

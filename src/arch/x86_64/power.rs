@@ -16,7 +16,7 @@ pub const EXIT_FAILURE: u32 = 1;
 /// ends QEMU with status `(v << 1) | 1`.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 
-static POWEROFF: SpinLock<Option<Poweroff>> = SpinLock::new(None);
+static POWEROFF: SpinLock<Option<Poweroff>> = SpinLock::named("POWEROFF", None);
 
 /// Records how this platform enters S5 (from the FADT and DSDT).
 pub fn set_poweroff(p: Poweroff) {
