@@ -129,11 +129,28 @@ extern "C" fn bsp_main() -> ! {
 
     let skip = config.skip_cpu;
     let cpus = platform::cpus(acpi.as_ref());
+    if let Some(id) = skip {
+        let mut listed: heapless::Vec<u32, { percpu::MAX_CPUS }> = heapless::Vec::new();
+        for c in cpus.iter().filter(|c| c.startable()) {
+            // Cannot fail: the MADT parser keeps at most MAX_CPUS CPUs.
+            let _ = listed.push(c.apic_id);
+        }
+        if let Err(e) = cmdline::check_skip_cpu(id, apic::id(), &listed) {
+            boot_failure("bad kernel command line", &e);
+        }
+    }
     let started = smp::start_aps(cpus, want_x2apic, skip);
     x86_64::instructions::interrupts::enable();
-    // Every other CPU must answer (or the watchdog ends the run).
-    smp::ping_all();
-    let ipi_ok = true;
+    // Every other CPU must answer (or the watchdog ends the run), and
+    // every CPU that came online must have been asked.
+    let acked = smp::ping_all() as usize;
+    let ipi_ok = acked + 1 == started.online;
+    if !ipi_ok {
+        log::error!(
+            "IPI ping reached {acked} CPUs, but {} other CPUs came online",
+            started.online - 1
+        );
+    }
 
     console::record("boot", |r| {
         r.u64("cpus_listed", started.listed as u64)?

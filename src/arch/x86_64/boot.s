@@ -5,7 +5,8 @@
 # address with paging off, flat 32-bit segments, interrupts off, no valid
 # stack, and the physical address of `hvm_start_info` in EBX.
 #
-# Operands: {rust_entry} (sym), {stack_size} (const).
+# Operands (arch/x86_64/mod.rs): rust_entry, ap_entry and handoff (sym);
+# stack_size and the handoff_* field offsets of smp::ApHandoff (const).
 
 
 # The note must be 4-byte aligned: QEMU 7.2 reads the entry from the wrong
@@ -140,13 +141,13 @@ ap_long_mode:
     # Claim the hand-off before touching its stack: a CPU that timed out
     # and arrives late must not run on the stack of the CPU started after it.
     mov eax, 1
-    xchg rax, [rip + {handoff} + 24]
+    xchg rax, [rip + {handoff} + {handoff_claimed}]
     test rax, rax
     jnz 8f
-    mov rax, [rip + {handoff} + 0]  # final page-table root
+    mov rax, [rip + {handoff} + {handoff_cr3}]      # final page-table root
     mov cr3, rax
-    mov rsp, [rip + {handoff} + 8]  # top of this CPU's guarded stack
-    mov rdi, [rip + {handoff} + 16] # CPU index
+    mov rsp, [rip + {handoff} + {handoff_stack}]    # top of this CPU's guarded stack
+    mov rdi, [rip + {handoff} + {handoff_index}]    # CPU index
     xor ebp, ebp
     call {ap_entry}
 7:  cli

@@ -18,12 +18,6 @@ pub struct IrqLock<T> {
 }
 
 impl<T> IrqLock<T> {
-    pub const fn new(value: T) -> Self {
-        IrqLock {
-            inner: SpinLock::new(value),
-        }
-    }
-
     /// A lock that reports (self-deadlock, timeout) call `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
         IrqLock {
