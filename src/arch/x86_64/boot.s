@@ -97,6 +97,9 @@ pvh_start32:
     .long boot_long_mode
     .word 0x08                      # 64-bit code selector
 
+# No Rust can run: print the reason and the exit record power.rs would,
+# then leave through isa-debug-exit, so the host sees a failure at once
+# instead of waiting out its timeout. Without that device, halt.
 .Lno_long_mode:
     mov esi, offset .Lno_lm_msg
     mov dx, 0x3f8
@@ -105,9 +108,12 @@ pvh_start32:
     jz 5f
     out dx, al
     jmp 4b
-5:  cli
+5:  mov dx, {debug_exit_port}
+    mov eax, {exit_failure}
+    out dx, eax
+9:  cli
     hlt
-    jmp 5b
+    jmp 9b
 
 .code64
 boot_long_mode:
@@ -158,8 +164,11 @@ ap_long_mode:
     jmp 8b
 
 .section .rodata.boot, "a"
+# `{{` is a literal brace: this file is a format string (global_asm!).
 .Lno_lm_msg:
-    .asciz "hyperbatch: this CPU has no long mode (CPUID 0x80000001 EDX[29]); halting\r\n"
+    .ascii "hyperbatch: this CPU has no long mode (CPUID 0x80000001 EDX[29]); "
+    .ascii "hyperbatch needs an x86-64 CPU\r\n"
+    .asciz "HB {{\"event\":\"exit\",\"status\":{exit_failure}}}\r\n"
 
 .balign 8
 boot_gdt:

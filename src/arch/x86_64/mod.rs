@@ -29,6 +29,8 @@ global_asm!(
     handoff_index = const core::mem::offset_of!(smp::ApHandoff, index),
     handoff_claimed = const core::mem::offset_of!(smp::ApHandoff, claimed),
     stack_size = const BOOT_STACK_SIZE,
+    debug_exit_port = const power::DEBUG_EXIT_PORT,
+    exit_failure = const power::EXIT_FAILURE,
 );
 
 /// The real CPUID instruction, for `hyperbatch::hypervisor`.
