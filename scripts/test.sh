@@ -7,6 +7,10 @@
 #   3. clippy -D warnings    on the host library and its tests, then on the
 #                            kernel binary for target.json
 #   4. cargo test            the library's unit tests, on the host
+#   4b. fuzz/run.sh          the library's parsers of untrusted input (start_info
+#                            and the memory map, ACPI tables, the command line)
+#                            under libFuzzer, 20 s per target (installs
+#                            cargo-fuzz when missing)
 #   5. tools/hbreport        the benchmark report tool: fmt, clippy, its tests
 #                            on a recorded log
 #   6. scripts/build.sh      the kernel ELF
@@ -74,6 +78,13 @@ scripts/build.sh --clippy --no-setup
 
 step "unit tests: cargo +nightly test (host)"
 cargo +nightly test
+
+step "fuzz: fmt and a bounded run of fuzz/ (cargo-fuzz, 20 s per target)"
+if ! cargo +nightly fmt --manifest-path fuzz/Cargo.toml --check; then
+    echo "test.sh: fuzz/ formatting differs (above); run: cargo +nightly fmt --manifest-path fuzz/Cargo.toml" >&2
+    exit 1
+fi
+fuzz/run.sh --seconds 20
 
 step "report tool: fmt, clippy and tests of tools/hbreport"
 if ! cargo +nightly fmt -p hbreport --check; then
