@@ -65,17 +65,21 @@ for t in "${targets[@]}"; do
         cargo +nightly fuzz run "$t" "regressions/$t" -- -runs=0 2>&1 | tail -n 3 >&2
     fi
     limit=(-max_total_time="$seconds")
-    [[ -n "$runs" ]] && limit=(-runs="$runs")
+    log="$root/target/fuzz-$t-bounded.log"
+    if [[ -n "$runs" ]]; then
+        limit=(-runs="$runs")
+        log="$root/target/fuzz-$t-campaign.log"
+    fi
     if [[ -n "$runs" ]]; then what="$runs executions"; else what="$seconds s"; fi
     echo "fuzz/run.sh: $t: $what" >&2
     start=$SECONDS
     cargo +nightly fuzz run "$t" "$corpus" -- "${limit[@]}" -dict="dicts/$t.dict" \
-        -print_final_stats=1 2>"$root/target/fuzz-$t.log" || {
-        tail -n 40 "$root/target/fuzz-$t.log" >&2
-        echo "fuzz/run.sh: $t FAILED after $((SECONDS - start)) s (log: target/fuzz-$t.log)" >&2
+        -print_final_stats=1 2>"$log" || {
+        tail -n 40 "$log" >&2
+        echo "fuzz/run.sh: $t FAILED after $((SECONDS - start)) s (log: ${log#"$root"/})" >&2
         exit 1
     }
-    execs="$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$root/target/fuzz-$t.log")"
-    cov="$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$root/target/fuzz-$t.log" | tail -n 1)"
+    execs="$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log")"
+    cov="$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$log" | tail -n 1)"
     echo "fuzz: $t: ${execs:-?} executions in $((SECONDS - start)) s, $cov, no crash"
 done
