@@ -181,15 +181,25 @@ impl<T> SpinLock<T> {
     fn refuse_own(&self, me: Option<u32>) {
         if let Some(me) = me {
             if self.holder.load(Ordering::Relaxed) == me.wrapping_add(1) {
-                panic!(
-                    "self-deadlock: cpu{me} takes lock {} at {:p}, which it already holds",
-                    self.name(),
-                    self
-                );
+                self.self_deadlock(me);
             }
         }
     }
 
+    // Cold and out of line: `lock` is inlined everywhere, and the panic's
+    // formatting must not grow every caller's stack frame.
+    #[cold]
+    #[inline(never)]
+    fn self_deadlock(&self, me: u32) -> ! {
+        panic!(
+            "self-deadlock: cpu{me} takes lock {} at {:p}, which it already holds",
+            self.name(),
+            self
+        );
+    }
+
+    #[cold]
+    #[inline(never)]
     fn timed_out(&self, me: Option<u32>) -> ! {
         let waiting = self
             .next
