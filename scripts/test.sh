@@ -19,7 +19,9 @@
 #                            workload checksums must match across backends,
 #                            and the report and plots must be written
 #   8. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
-#                            machines and CPU counts
+#                            machines and CPU counts, plus KVM rows where
+#                            /dev/kvm opens (tests/test_guest.py first checks
+#                            the matrix's verdicts on made-up logs)
 #
 #   scripts/test.sh [--quick]     --quick: only the guest rows marked quick
 #
@@ -118,7 +120,8 @@ for f in "${svgs[@]}"; do
 done
 echo "bench: report.md, results.json and ${#svgs[@]} plots in $bench_out"
 
-step "guest tests: tests/guest.py"
+step "guest tests: tests/test_guest.py (the matrix's verdicts), then tests/guest.py"
+python3 tests/test_guest.py
 # guest.py's closing `N passed, N failed` line is the last thing printed.
 trap - EXIT
 if ! python3 tests/guest.py --kernel "$kernel" "${guest_args[@]}"; then
