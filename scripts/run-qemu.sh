@@ -315,8 +315,15 @@ else
         fi
         tcg_thread=single
     elif [[ -z "$tcg_thread" ]]; then
+        # Count only the host CPUs that are not busy already (the 1-minute
+        # load average): on a shared machine a vCPU thread waits for a busy
+        # CPU just as it waits for a missing one. A 40,000-operation stress
+        # at 2 vCPUs took 70 s instead of 2 on 2 CPUs at load 8.
+        load="$(cut -d ' ' -f 1 /proc/loadavg 2>/dev/null || echo 0)"
+        free=$(($(nproc) - ${load%%.*}))
+        ((free < 1)) && free=1
         tcg_thread=multi
-        ((smp > $(nproc))) && tcg_thread=single
+        ((smp > free)) && tcg_thread=single
     fi
     accel_args=(-accel "tcg,thread=$tcg_thread" -cpu "${cpu:-max}")
     ((icount)) && accel_args+=(-icount shift=0,sleep=off,align=off)
