@@ -17,7 +17,8 @@
 # crashed, kept so they stay fixed), then fuzzes from its corpus in
 # target/fuzz-corpus/TARGET (kept between runs, not in git). A crash stops
 # the run: libFuzzer prints the input's path under fuzz/artifacts/, and
-# the exit status is non-zero. Installs cargo-fuzz when it is missing.
+# the exit status is non-zero; so does an input that runs over 10 s (a
+# hang). Installs cargo-fuzz when it is missing.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -86,8 +87,9 @@ for t in "${targets[@]}"; do
     if [[ -n "$runs" ]]; then what="$runs executions"; else what="$seconds s"; fi
     echo "fuzz/run.sh: $t: $what" >&2
     start=$SECONDS
+    # -timeout: an input that runs over 10 s is a hang, reported as a crash.
     cargo +nightly fuzz run -s "$sanitizer" "$t" "$corpus" -- "${limit[@]}" -dict="dicts/$t.dict" \
-        -print_final_stats=1 2>"$log" || {
+        -timeout=10 -print_final_stats=1 2>"$log" || {
         tail -n 40 "$log" >&2
         echo "fuzz/run.sh: $t FAILED after $((SECONDS - start)) s (log: ${log#"$root"/})" >&2
         exit 1
