@@ -141,9 +141,18 @@ vm_kill() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
-# Ctrl-C or a TERM from a test runner must not leave a VMM behind.
+# Ctrl-C or a TERM from a test runner must not leave a VMM behind, and the
+# caller learns which signal ended the run: 128 + its number, as a shell
+# reports a command killed by it.
 vm_on_signal() {
-    [[ -n "${VM_PID:-}" ]] && vm_kill "$VM_PID"
-    exit 130
+    local name="$1" number="$2"
+    if [[ -n "${VM_PID:-}" ]]; then
+        hb_say "STOPPED by SIG$name; stopping the VM (pid $VM_PID); the guest did not finish"
+        vm_kill "$VM_PID"
+    else
+        hb_say "STOPPED by SIG$name"
+    fi
+    exit $((128 + number))
 }
-trap vm_on_signal INT TERM
+trap 'vm_on_signal INT 2' INT
+trap 'vm_on_signal TERM 15' TERM

@@ -8,12 +8,13 @@
 #                       else cloud-hypervisor on PATH)
 #   --smp N             vCPUs (default 2)
 #   --mem SIZE          guest RAM: a number with K, M or G (default 512M)
-#   --timeout SECONDS   stop the guest and fail after this long (default 600;
-#                       0 = never)
+#   --timeout SECONDS   stop the guest and fail after this long (default 600,
+#                       at most 999999999; 0 = never)
 #   --no-build          do not build; boot the last build
 #   --kernel PATH       boot this ELF instead of building (implies --no-build)
 #   --log FILE          also keep the guest's serial output in FILE
-#   -- CMDLINE...       the kernel command line (see scripts/run-qemu.sh)
+#   -- CMDLINE...       the kernel command line (see scripts/run-qemu.sh), at
+#                       most 2047 bytes
 #
 # cloud-hypervisor loads the PVH entry of the ELF (--kernel), puts COM1 on its
 # stdout (--serial tty; --console off drops the virtio console) and exits 0
@@ -22,7 +23,8 @@
 # It needs KVM: /dev/kvm readable and writable.
 #
 # Exit status: as scripts/run-qemu.sh (0 success, 1-123 the guest's failure
-# status, 124 timeout, 125 no HB exit line or the guest reset, 126 the VMM failed).
+# status, 124 timeout, 125 no HB exit line or the guest reset, 126 the VMM failed,
+# 128+N stopped by signal N, 2 a bad option).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -80,10 +82,20 @@ done
     hb_say "--mem must look like 512M or 1G, not '$mem'"
     exit 2
 }
-[[ "$timeout" =~ ^[0-9]+$ ]] || {
-    hb_say "--timeout must be whole seconds, not '$timeout'"
+# At most 9 digits: lib.sh keeps the deadline in microseconds in 64-bit
+# shell arithmetic.
+[[ "$timeout" =~ ^[0-9]{1,9}$ ]] || {
+    hb_say "--timeout must be whole seconds, at most 999999999 (0 = never), not '$timeout'"
     exit 2
 }
+# CMDLINE_MAX in src/core/pvh.rs: 2048 bytes with the NUL.
+CMDLINE_MAX_BYTES=2047
+cmdline_bytes="$(printf '%s' "${cmdline[*]}" | wc -c)"
+if ((cmdline_bytes > CMDLINE_MAX_BYTES)); then
+    hb_say "the kernel command line is $cmdline_bytes bytes; hyperbatch accepts at most" \
+        "$CMDLINE_MAX_BYTES (CMDLINE_MAX in src/core/pvh.rs, with its NUL)"
+    exit 2
+fi
 
 # ---- the VMM ----
 if [[ -z "$ch" ]]; then

@@ -13,17 +13,23 @@
 #                             TSC advances by one per guest instruction (every
 #                             vCPU's) and two boots print identical figures;
 #                             adds `icount` to the kernel command line
+#   --cpu MODEL               QEMU CPU model (default: max under TCG,
+#                             host,-arch-capabilities under KVM)
 #   --smp N                   vCPUs (default 2)
-#   --mem SIZE                guest RAM, QEMU syntax (default 512M)
+#   --mem SIZE                guest RAM, QEMU syntax (default 512M; a bare
+#                             number is MiB); at least the kernel image's end
+#                             rounded up to a MiB (about 3M)
 #   --timeout SECONDS         stop the guest and fail after this long (default
-#                             600; 0 = never; with --gdb the default is never)
+#                             600, at most 999999999; 0 = never; with --gdb
+#                             the default is never)
 #   --gdb                     start paused with a gdb stub on :1234 (-s -S)
 #   --no-build                do not build; boot the last build
 #   --kernel PATH             boot this ELF instead of building (implies --no-build)
 #   --log FILE                also keep the guest's serial output in FILE
 #   -- CMDLINE...             the kernel command line, e.g. run=test test=paging
 #                             (keys: run=boot|test|bench|stress|probe, test=NAME,
-#                             pv=immediate|batched, seed=N, ops=N, quick)
+#                             pv=immediate|batched, seed=N, ops=N, quick), at
+#                             most 2047 bytes in all
 #
 # The guest's serial console (COM1) streams to stdout; this script's own
 # messages go to stderr. Exit status:
@@ -33,6 +39,9 @@
 #   125     the VM ended without an HB exit line (a triple fault under
 #           -no-reboot looks like this), or its two reports disagreed
 #   126     QEMU itself failed (its error is above)
+#   128+N   QEMU or this script was stopped by signal N from outside
+#           (130: SIGINT, 143: SIGTERM); the guest did not finish
+#   2       a bad option (nothing was booted)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +51,7 @@ source "$root/scripts/lib.sh"
 
 machine=microvm
 accel=auto
+cpu=""
 smp=2
 mem=512M
 timeout=""
@@ -59,11 +69,12 @@ need() { [[ $# -ge 2 && -n "$2" ]] || {
 }; }
 while (($#)); do
     case "$1" in
-    --machine | --accel | --smp | --mem | --timeout | --kernel | --log)
+    --machine | --accel | --cpu | --smp | --mem | --timeout | --kernel | --log)
         need "$@"
         case "$1" in
         --machine) machine="$2" ;;
         --accel) accel="$2" ;;
+        --cpu) cpu="$2" ;;
         --smp) smp="$2" ;;
         --mem) mem="$2" ;;
         --timeout) timeout="$2" ;;
@@ -104,18 +115,41 @@ esac
     hb_say "--smp must be a positive number, not '$smp'"
     exit 2
 }
-[[ "$mem" =~ ^[1-9][0-9]*[KMGT]?$ ]] || {
-    hb_say "--mem must look like 512M or 1G, not '$mem'"
+# At most 12 digits: the size in bytes must fit the shell's 64-bit arithmetic.
+[[ "$mem" =~ ^[1-9][0-9]{0,11}[KMGT]?$ ]] || {
+    hb_say "--mem must look like 512M or 1G (at most 12 digits), not '$mem'"
     exit 2
 }
+case "$mem" in
+*K) mem_bytes=$((${mem%K} << 10)) ;;
+*G) mem_bytes=$((${mem%G} << 30)) ;;
+*T) mem_bytes=$((${mem%T} << 40)) ;;
+*) mem_bytes=$((${mem%M} << 20)) ;; # QEMU reads a bare number as MiB
+esac
 if [[ -z "$timeout" ]]; then
     timeout=600
     ((gdb)) && timeout=0
 fi
-[[ "$timeout" =~ ^[0-9]+$ ]] || {
-    hb_say "--timeout must be whole seconds, not '$timeout'"
+# At most 9 digits: the deadline is kept in microseconds in 64-bit shell
+# arithmetic, which a 13-digit timeout overflows.
+[[ "$timeout" =~ ^[0-9]{1,9}$ ]] || {
+    hb_say "--timeout must be whole seconds, at most 999999999 (0 = never), not '$timeout'"
     exit 2
 }
+[[ -z "$cpu" || "$cpu" =~ ^[A-Za-z0-9_.,+=-]+$ ]] || {
+    hb_say "--cpu must be a QEMU CPU model such as max or qemu32, not '$cpu'"
+    exit 2
+}
+# pvh.rs's CMDLINE_MAX: 2048 bytes with the NUL. Longer lines fail in the
+# kernel at best; on pc and q35 QEMU's PVH option ROM copies a long line over
+# hvm_start_info itself (a bad magic at 4 KiB, a silent hang at 64 KiB).
+CMDLINE_MAX_BYTES=2047
+cmdline_bytes="$(printf '%s' "${cmdline[*]}" | wc -c)"
+if ((cmdline_bytes > CMDLINE_MAX_BYTES)); then
+    hb_say "the kernel command line is $cmdline_bytes bytes; hyperbatch accepts at most" \
+        "$CMDLINE_MAX_BYTES (CMDLINE_MAX in src/core/pvh.rs, with its NUL)"
+    exit 2
+fi
 case "$accel" in auto | tcg | kvm) ;; *)
     hb_say "--accel must be auto, tcg or kvm, not '$accel'"
     exit 2
@@ -140,6 +174,39 @@ elif [[ -z "$kernel" ]]; then
 fi
 if [[ ! -f "$kernel" ]]; then
     hb_say "no kernel at $kernel (build it with scripts/build.sh, or drop --no-build)"
+    exit 2
+fi
+
+# The guest cannot even hold the kernel when RAM ends below the image: it
+# then dies before its first message. The image's end is the highest end of
+# its PT_LOAD segments (bss included).
+if ! image_end="$(python3 - "$kernel" <<'EOF'
+import struct, sys
+with open(sys.argv[1], "rb") as f:
+    elf = f.read()
+if elf[:4] != b"\x7fELF" or len(elf) < 64 or elf[4] != 2:
+    sys.exit(f"{sys.argv[1]} is not a 64-bit ELF")
+(phoff,) = struct.unpack_from("<Q", elf, 0x20)
+phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+end = 0
+for i in range(phnum):
+    at = phoff + i * phentsize
+    if at + 56 > len(elf):
+        sys.exit(f"{sys.argv[1]}: program header {i} lies beyond the file")
+    p_type, _, _, _, p_paddr, _, p_memsz, _ = struct.unpack_from("<IIQQQQQQ", elf, at)
+    if p_type == 1:  # PT_LOAD
+        end = max(end, p_paddr + p_memsz)
+print(end)
+EOF
+)"; then
+    hb_say "cannot read the kernel's program headers (above)"
+    exit 2
+fi
+MIB=$((1 << 20))
+mem_min=$(((image_end + MIB - 1) / MIB * MIB))
+if ((mem_bytes < mem_min)); then
+    hb_say "--mem $mem is too small: the kernel image alone reaches" \
+        "$((image_end / 1024)) KiB, so the guest needs at least $((mem_min / MIB))M"
     exit 2
 fi
 "$root/scripts/setup.sh" --for qemu
@@ -229,9 +296,10 @@ if [[ "$accel" == auto ]]; then
 fi
 
 if [[ "$accel" == kvm ]]; then
-    accel_args=(-accel kvm -cpu "$KVM_CPU")
+    accel_args=(-accel kvm -cpu "${cpu:-$KVM_CPU}")
 else
-    # -cpu max gives TCG x2APIC, 1 GiB pages and INVPCID.
+    # -cpu max gives TCG 1 GiB pages and INVPCID, but on QEMU 7.2 no x2APIC:
+    # the boot record says xapic (only KVM rows exercise x2APIC).
     # With more vCPUs than host CPUs, multi-threaded TCG pays a host time
     # slice for every cross-vCPU wait: a vCPU spinning on PAUSE for an
     # acknowledgement keeps its host thread, so each TLB shootdown round
@@ -247,10 +315,17 @@ else
         fi
         tcg_thread=single
     elif [[ -z "$tcg_thread" ]]; then
+        # Count only the host CPUs that are not busy already (the 1-minute
+        # load average): on a shared machine a vCPU thread waits for a busy
+        # CPU just as it waits for a missing one. A 40,000-operation stress
+        # at 2 vCPUs took 70 s instead of 2 on 2 CPUs at load 8.
+        load="$(cut -d ' ' -f 1 /proc/loadavg 2>/dev/null || echo 0)"
+        free=$(($(nproc) - ${load%%.*}))
+        ((free < 1)) && free=1
         tcg_thread=multi
-        ((smp > $(nproc))) && tcg_thread=single
+        ((smp > free)) && tcg_thread=single
     fi
-    accel_args=(-accel "tcg,thread=$tcg_thread" -cpu max)
+    accel_args=(-accel "tcg,thread=$tcg_thread" -cpu "${cpu:-max}")
     ((icount)) && accel_args+=(-icount shift=0,sleep=off,align=off)
 fi
 
@@ -276,13 +351,25 @@ if ((gdb)); then
 fi
 hb_say "$(hb_show "${qemu[@]}")"
 
-vm_run "$timeout" "$serial" 1 "" 0 -- "${qemu[@]}"
+qemu_stderr="$tmp/qemu.stderr"
+VM_STDERR="$qemu_stderr" vm_run "$timeout" "$serial" 1 "" 0 -- "${qemu[@]}"
 
 status="$(hb_exit_status "$serial")"
 if ((VM_TIMED_OUT)); then
     hb_say "TIMEOUT: the guest ran for ${timeout} s without exiting; QEMU was stopped"
     hb_tail "$serial" 40
     exit 124
+fi
+
+# A signal from outside (a test runner's timeout, a user's kill) makes QEMU
+# print "terminating on signal N" and exit 0, which would otherwise read as
+# a guest reset.
+signal="$(sed -nE 's/.*terminating on signal ([0-9]+).*/\1/p' "$qemu_stderr" | head -n 1)"
+if [[ -n "$signal" && -z "$status" ]]; then
+    hb_say "STOPPED: QEMU was stopped by signal $signal from outside (its message is above);" \
+        "the guest did not finish"
+    hb_tail "$serial" 40
+    exit $((128 + signal))
 fi
 
 # isa-debug-exit makes QEMU exit with (status << 1) | 1, so an odd exit status

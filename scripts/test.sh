@@ -7,6 +7,10 @@
 #   3. clippy -D warnings    on the host library and its tests, then on the
 #                            kernel binary for target.json
 #   4. cargo test            the library's unit tests, on the host
+#   4b. fuzz/run.sh          the library's parsers of untrusted input (start_info
+#                            and the memory map, ACPI tables, the command line)
+#                            under libFuzzer, 20 s per target (installs
+#                            cargo-fuzz when missing)
 #   5. tools/hbreport        the benchmark report tool: fmt, clippy, its tests
 #                            on a recorded log
 #   6. scripts/build.sh      the kernel ELF
@@ -15,7 +19,9 @@
 #                            workload checksums must match across backends,
 #                            and the report and plots must be written
 #   8. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
-#                            machines and CPU counts
+#                            machines and CPU counts, plus KVM rows where
+#                            /dev/kvm opens (tests/test_guest.py first checks
+#                            the matrix's verdicts on made-up logs)
 #
 #   scripts/test.sh [--quick]     --quick: only the guest rows marked quick
 #
@@ -75,6 +81,13 @@ scripts/build.sh --clippy --no-setup
 step "unit tests: cargo +nightly test (host)"
 cargo +nightly test
 
+step "fuzz: fmt and a bounded run of fuzz/ (cargo-fuzz, 20 s per target)"
+if ! cargo +nightly fmt --manifest-path fuzz/Cargo.toml --check; then
+    echo "test.sh: fuzz/ formatting differs (above); run: cargo +nightly fmt --manifest-path fuzz/Cargo.toml" >&2
+    exit 1
+fi
+fuzz/run.sh --seconds 20
+
 step "report tool: fmt, clippy and tests of tools/hbreport"
 if ! cargo +nightly fmt -p hbreport --check; then
     echo "test.sh: tools/hbreport formatting differs (above); run: cargo +nightly fmt -p hbreport" >&2
@@ -107,7 +120,8 @@ for f in "${svgs[@]}"; do
 done
 echo "bench: report.md, results.json and ${#svgs[@]} plots in $bench_out"
 
-step "guest tests: tests/guest.py"
+step "guest tests: tests/test_guest.py (the matrix's verdicts), then tests/guest.py"
+python3 tests/test_guest.py
 # guest.py's closing `N passed, N failed` line is the last thing printed.
 trap - EXIT
 if ! python3 tests/guest.py --kernel "$kernel" "${guest_args[@]}"; then

@@ -10,7 +10,7 @@ use crate::arch::x86_64::{irq::IrqLock, percpu, serial};
 use core::fmt::Write;
 use hyperbatch::hb::{self, Object};
 
-static LINE: IrqLock<()> = IrqLock::new(());
+static LINE: IrqLock<()> = IrqLock::named("the console line", ());
 
 struct Logger;
 

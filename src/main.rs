@@ -29,7 +29,7 @@ use hyperbatch::cmdline::{self, Config, Run};
 use hyperbatch::frames::{Range, MAX_RESERVED};
 use hyperbatch::hypervisor::TscUnit;
 use hyperbatch::pvh::{self, BootInfo};
-use hyperbatch::sync::Once;
+use hyperbatch::sync::{self, Once};
 use x86_64::PhysAddr;
 
 /// What the boot CPU found before it changed stacks.
@@ -40,6 +40,13 @@ struct Boot {
 }
 
 static BOOT: Once<Boot> = Once::new();
+
+/// What the locks need to name a holder and time a wait (sync.rs).
+static LOCKS: sync::Platform = sync::Platform {
+    cpu: || percpu::cpu_index() as u32,
+    ticks: tsc::rdtsc,
+    ticks_per_second: tsc::hz_if_known,
+};
 
 /// Stops the boot with a message and a failure status.
 fn boot_failure(what: &str, err: &dyn core::fmt::Display) -> ! {
@@ -52,6 +59,7 @@ fn boot_failure(what: &str, err: &dyn core::fmt::Display) -> ! {
 extern "C" fn kernel_entry(start_info: u32) -> ! {
     // SAFETY: index 0 is the boot CPU's and nothing uses GS yet.
     unsafe { percpu::init_this_cpu(0, 0) };
+    sync::install(&LOCKS);
     console::init();
     log::info!("hyperbatch {} booting", env!("HB_GIT_REV"));
 
@@ -121,11 +129,28 @@ extern "C" fn bsp_main() -> ! {
 
     let skip = config.skip_cpu;
     let cpus = platform::cpus(acpi.as_ref());
+    if let Some(id) = skip {
+        let mut listed: heapless::Vec<u32, { percpu::MAX_CPUS }> = heapless::Vec::new();
+        for c in cpus.iter().filter(|c| c.startable()) {
+            // Cannot fail: the MADT parser keeps at most MAX_CPUS CPUs.
+            let _ = listed.push(c.apic_id);
+        }
+        if let Err(e) = cmdline::check_skip_cpu(id, apic::id(), &listed) {
+            boot_failure("bad kernel command line", &e);
+        }
+    }
     let started = smp::start_aps(cpus, want_x2apic, skip);
     x86_64::instructions::interrupts::enable();
-    // Every other CPU must answer (or the watchdog ends the run).
-    smp::ping_all();
-    let ipi_ok = true;
+    // Every other CPU must answer (or the watchdog ends the run), and
+    // every CPU that came online must have been asked.
+    let acked = smp::ping_all() as usize;
+    let ipi_ok = acked + 1 == started.online;
+    if !ipi_ok {
+        log::error!(
+            "IPI ping reached {acked} CPUs, but {} other CPUs came online",
+            started.online - 1
+        );
+    }
 
     console::record("boot", |r| {
         r.u64("cpus_listed", started.listed as u64)?

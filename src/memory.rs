@@ -2,7 +2,7 @@
 //! memory map, and the kernel's own page tables.
 //!
 //! Physical memory is identity-mapped (virtual == physical) from 0 to the top
-//! of the memory map or 4 GiB, whichever is higher, with 2 MiB pages, no
+//! of RAM and ACPI memory or 4 GiB, whichever is higher, with 2 MiB pages, no
 //! execute, and uncached where no RAM lies. The 2 MiB chunks that hold page 0
 //! and the kernel image use 4 KiB pages instead so that page 0 can stay
 //! unmapped (a null dereference faults), kernel text is read+execute, rodata
@@ -54,12 +54,12 @@ impl PhysMemory for Identity {
 }
 
 /// The frame allocator, shared by every CPU.
-pub static FRAMES: IrqLock<Option<FrameAllocator>> = IrqLock::new(None);
+pub static FRAMES: IrqLock<Option<FrameAllocator>> = IrqLock::named("FRAMES", None);
 
 /// Root of the kernel's page tables (one address space for every CPU).
 static ROOT: AtomicU64 = AtomicU64::new(0);
 /// Serialises changes to the kernel's own mappings (stacks, boot layout).
-static KERNEL_MAP: IrqLock<()> = IrqLock::new(());
+static KERNEL_MAP: IrqLock<()> = IrqLock::named("KERNEL_MAP", ());
 
 #[derive(Debug)]
 pub enum Error {
@@ -169,8 +169,14 @@ pub fn init(map: &[MemoryRegion], reserved: &[Range]) -> Result<MemoryReport, Er
     // long as the allocator lives, and the final tables keep it.
     let mut alloc = unsafe { FrameAllocator::new(&Identity, map, &all_reserved)? };
 
+    // RAM and the firmware tables' regions, not everything the map lists:
+    // QEMU's pc and q35 list AMD's HyperTransport hole, 12 GiB reserved just
+    // below 1 TiB, for AMD CPUs, and mapping up to there takes half a
+    // million 2 MiB pages (minutes on a KVM that interprets ring 0).
+    // Reserved ranges below 4 GiB (MMIO) stay mapped through the floor.
     let top = map
         .iter()
+        .filter(|r| matches!(r.kind, RegionKind::Ram | RegionKind::Acpi | RegionKind::Nvs))
         .filter_map(|r| r.start.as_u64().checked_add(r.len))
         .max()
         .unwrap_or(0)
@@ -178,7 +184,7 @@ pub fn init(map: &[MemoryRegion], reserved: &[Range]) -> Result<MemoryReport, Er
         .next_multiple_of(Size2MiB::SIZE);
     if map
         .iter()
-        .any(|r| r.start.as_u64().saturating_add(r.len) > IDENTITY_MAX)
+        .any(|r| r.kind == RegionKind::Ram && r.start.as_u64().saturating_add(r.len) > IDENTITY_MAX)
     {
         log::warn!("memory above {} GiB is ignored", IDENTITY_MAX / GIB);
     }

@@ -4,8 +4,10 @@
 //! turns it into a [`Config`] that the kernel consults for the rest of the
 //! run. Tokens are separated by whitespace and are `key=value` or a bare
 //! `key`; values cannot contain whitespace and there is no quoting. Nothing is
-//! ignored: an unknown key, a malformed value or a repeated key is an error
+//! ignored: an unknown key, a malformed value, a repeated key or a key that
+//! changes nothing for the chosen `run=` (`run=boot test=fault`) is an error
 //! that names the key, so a typo never silently runs the wrong experiment.
+//! The whole line is at most 2,047 bytes ([`crate::pvh::CMDLINE_MAX`]).
 //!
 //! Every key lives in one table, [`KEYS`]; adding a key is one entry there
 //! plus its field in [`Config`].
@@ -204,6 +206,9 @@ pub struct Key {
     pub expected: &'static str,
     /// The value a bare `key` stands for; `None` when a value is required.
     pub bare: Option<&'static str>,
+    /// The jobs whose outcome the key can change; with any other `run=` it
+    /// is refused ([`Error::NotForRun`]).
+    pub runs: &'static [Run],
     /// The configuration with the value applied, or `None` when the value is
     /// malformed.
     set: for<'a> fn(Config<'a>, &'a str) -> Option<Config<'a>>,
@@ -211,12 +216,18 @@ pub struct Key {
 
 const NUMBER: &str = "a number (decimal or 0x-hex) that fits in 64 bits";
 
+/// Keys of the boot itself, which every job goes through.
+const EVERY_RUN: &[Run] = &Run::ALL;
+/// Keys of the mm and its users.
+const MM_RUNS: &[Run] = &[Run::Test, Run::Bench, Run::Stress];
+
 /// Every key the kernel understands.
 pub const KEYS: &[Key] = &[
     Key {
         name: "run",
         expected: "boot, test, bench, stress or probe",
         bare: None,
+        runs: EVERY_RUN,
         set: |c, v| {
             Some(Config {
                 run: Run::from_name(v)?,
@@ -228,6 +239,7 @@ pub const KEYS: &[Key] = &[
         name: "pv",
         expected: "immediate or batched",
         bare: None,
+        runs: MM_RUNS,
         set: |c, v| {
             Some(Config {
                 pv: Backend::from_name(v)?,
@@ -239,12 +251,14 @@ pub const KEYS: &[Key] = &[
         name: "test",
         expected: "a test name",
         bare: None,
+        runs: &[Run::Test],
         set: |c, v| Some(Config { test: Some(v), ..c }),
     },
     Key {
         name: "seed",
         expected: NUMBER,
         bare: None,
+        runs: &[Run::Stress],
         set: |c, v| {
             Some(Config {
                 seed: number(v)?,
@@ -256,6 +270,7 @@ pub const KEYS: &[Key] = &[
         name: "ops",
         expected: NUMBER,
         bare: None,
+        runs: &[Run::Stress],
         set: |c, v| {
             Some(Config {
                 ops: Some(number(v)?),
@@ -267,6 +282,7 @@ pub const KEYS: &[Key] = &[
         name: "quick",
         expected: "0 or 1 (or a bare quick)",
         bare: Some("1"),
+        runs: &[Run::Bench],
         set: |c, v| match v {
             "0" => Some(Config { quick: false, ..c }),
             "1" => Some(Config { quick: true, ..c }),
@@ -277,6 +293,7 @@ pub const KEYS: &[Key] = &[
         name: "suite",
         expected: "a suite name",
         bare: None,
+        runs: &[Run::Bench],
         set: |c, v| {
             Some(Config {
                 suite: Some(v),
@@ -286,19 +303,30 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "log",
-        expected: "off, error, warn, info, debug or trace",
+        // No `off`: a failing run must still say why (errors always print).
+        expected: "error, warn, info, debug or trace (errors always print)",
         bare: None,
+        runs: EVERY_RUN,
         set: |c, v| {
-            Some(Config {
-                log: v.parse().ok()?,
-                ..c
-            })
+            // Lower case only, like every other value (`run=BOOT` is refused
+            // too); LevelFilter's own parser would take any case and `off`.
+            let log = [
+                LevelFilter::Error,
+                LevelFilter::Warn,
+                LevelFilter::Info,
+                LevelFilter::Debug,
+                LevelFilter::Trace,
+            ]
+            .into_iter()
+            .find(|l| level_name(*l) == v)?;
+            Some(Config { log, ..c })
         },
     },
     Key {
         name: "fail_alloc_at",
         expected: NUMBER,
         bare: None,
+        runs: MM_RUNS,
         set: |c, v| {
             Some(Config {
                 fail_alloc_at: Some(number(v)?),
@@ -310,6 +338,7 @@ pub const KEYS: &[Key] = &[
         name: "skip_cpu",
         expected: "a CPU number (decimal or 0x-hex) that fits in 32 bits",
         bare: None,
+        runs: EVERY_RUN,
         set: |c, v| {
             Some(Config {
                 skip_cpu: Some(u32::try_from(number(v)?).ok()?),
@@ -321,6 +350,7 @@ pub const KEYS: &[Key] = &[
         name: "no_shootdown",
         expected: "0 or 1 (or a bare no_shootdown)",
         bare: Some("1"),
+        runs: MM_RUNS,
         set: |c, v| match v {
             "0" => Some(Config {
                 no_shootdown: false,
@@ -337,6 +367,7 @@ pub const KEYS: &[Key] = &[
         name: "soak",
         expected: "0 or 1 (or a bare soak)",
         bare: Some("1"),
+        runs: &[Run::Stress],
         set: |c, v| match v {
             "0" => Some(Config { soak: false, ..c }),
             "1" => Some(Config { soak: true, ..c }),
@@ -347,6 +378,7 @@ pub const KEYS: &[Key] = &[
         name: "inject",
         expected: "start_info_magic, start_info_empty_map, no_acpi or madt_checksum",
         bare: None,
+        runs: EVERY_RUN,
         set: |c, v| {
             Some(Config {
                 inject: Some(Inject::from_name(v)?),
@@ -358,6 +390,7 @@ pub const KEYS: &[Key] = &[
         name: "deaf_cpu",
         expected: "a CPU index (decimal or 0x-hex) that fits in 32 bits",
         bare: None,
+        runs: &[Run::Stress],
         set: |c, v| {
             Some(Config {
                 deaf_cpu: Some(u32::try_from(number(v)?).ok()?),
@@ -369,6 +402,7 @@ pub const KEYS: &[Key] = &[
         name: "icount",
         expected: "0 or 1 (or a bare icount)",
         bare: Some("1"),
+        runs: EVERY_RUN,
         set: |c, v| match v {
             "0" => Some(Config { icount: false, ..c }),
             "1" => Some(Config { icount: true, ..c }),
@@ -379,6 +413,17 @@ pub const KEYS: &[Key] = &[
 
 // Duplicates are tracked in a u64 bitmask indexed by table position.
 const _: () = assert!(KEYS.len() <= 64);
+
+fn level_name(l: LevelFilter) -> &'static str {
+    match l {
+        LevelFilter::Off => "off",
+        LevelFilter::Error => "error",
+        LevelFilter::Warn => "warn",
+        LevelFilter::Info => "info",
+        LevelFilter::Debug => "debug",
+        LevelFilter::Trace => "trace",
+    }
+}
 
 /// A problem with the command line; each names the key or token at fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,6 +440,14 @@ pub enum Error<'a> {
     MissingValue(&'static str),
     /// The key appears more than once.
     Duplicate(&'static str),
+    /// The key changes nothing for this `run=` (`explicit`: whether `run=`
+    /// was given, or is the default).
+    NotForRun {
+        key: &'static str,
+        run: Run,
+        explicit: bool,
+        runs: &'static [Run],
+    },
 }
 
 impl fmt::Display for Error<'_> {
@@ -416,6 +469,27 @@ impl fmt::Display for Error<'_> {
             }
             Error::Duplicate(key) => {
                 write!(f, "key \"{key}\" appears more than once on the kernel command line")
+            }
+            Error::NotForRun {
+                key,
+                run,
+                explicit,
+                runs,
+            } => {
+                write!(f, "key \"{key}\" changes nothing with run={run}")?;
+                if !explicit {
+                    f.write_str(" (the default)")?;
+                }
+                f.write_str("; it applies to ")?;
+                for (i, r) in runs.iter().enumerate() {
+                    match i {
+                        0 => {}
+                        _ if i + 1 == runs.len() => f.write_str(" or ")?,
+                        _ => f.write_str(", ")?,
+                    }
+                    write!(f, "run={r}")?;
+                }
+                Ok(())
             }
         }
     }
@@ -450,7 +524,71 @@ pub fn parse(s: &str) -> Result<Config<'_>, Error<'_>> {
             expected: key.expected,
         })?;
     }
+    // After the loop: `run=` may come last.
+    let explicit = seen & (1 << RUN_KEY) != 0;
+    for (index, key) in KEYS.iter().enumerate() {
+        if seen & (1 << index) != 0 && !key.runs.contains(&config.run) {
+            return Err(Error::NotForRun {
+                key: key.name,
+                run: config.run,
+                explicit,
+                runs: key.runs,
+            });
+        }
+    }
     Ok(config)
+}
+
+/// `run`'s index in [`KEYS`].
+const RUN_KEY: usize = 0;
+const _: () = assert!(matches!(KEYS[RUN_KEY].name.as_bytes(), b"run"));
+
+/// `skip_cpu=` names a CPU that the boot could have started: listed (by
+/// APIC ID, in the MADT's startable CPUs) and not the boot CPU. Checked once
+/// the firmware tables are read, since the line alone cannot tell.
+pub fn check_skip_cpu(
+    skip: u32,
+    boot_apic_id: u32,
+    listed: &[u32],
+) -> Result<(), SkipCpuError<'_>> {
+    if skip == boot_apic_id {
+        return Err(SkipCpuError::BootCpu(skip));
+    }
+    if !listed.contains(&skip) {
+        return Err(SkipCpuError::NotListed { skip, listed });
+    }
+    Ok(())
+}
+
+/// Why `skip_cpu=` cannot apply on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipCpuError<'a> {
+    /// It names the boot CPU, which is running this code.
+    BootCpu(u32),
+    /// No startable CPU has this APIC ID; `listed` are those that do exist.
+    NotListed { skip: u32, listed: &'a [u32] },
+}
+
+impl fmt::Display for SkipCpuError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SkipCpuError::BootCpu(id) => write!(
+                f,
+                "skip_cpu={id} is the boot CPU's APIC ID; only another CPU can be left offline"
+            ),
+            SkipCpuError::NotListed { skip, listed } => {
+                write!(f, "skip_cpu={skip}: no startable CPU has APIC ID {skip}")?;
+                if listed.is_empty() {
+                    return f.write_str(" (no MADT lists any CPU, so only the boot CPU runs)");
+                }
+                f.write_str(" (the MADT lists APIC IDs")?;
+                for (i, id) in listed.iter().enumerate() {
+                    write!(f, "{}{id}", if i == 0 { " " } else { ", " })?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
 }
 
 /// A `u64` in decimal or `0x`-hex. Signs, underscores and empty digit
@@ -496,20 +634,15 @@ mod tests {
 
     #[test]
     fn every_key_parses() {
-        let line = "run=bench pv=immediate test=paging.map seed=0x1F ops=1000 quick \
-                    suite=mmu log=debug fail_alloc_at=17 skip_cpu=1 no_shootdown soak \
-                    inject=madt_checksum deaf_cpu=3 icount";
-        let c = parse(line).unwrap();
+        let line = "run=stress pv=immediate seed=0x1F ops=1000 log=debug fail_alloc_at=17 \
+                    skip_cpu=1 no_shootdown soak inject=madt_checksum deaf_cpu=3 icount";
         assert_eq!(
-            c,
+            parse(line).unwrap(),
             Config {
-                run: Run::Bench,
+                run: Run::Stress,
                 pv: Backend::Immediate,
-                test: Some("paging.map"),
                 seed: 0x1f,
                 ops: Some(1000),
-                quick: true,
-                suite: Some("mmu"),
                 log: LevelFilter::Debug,
                 fail_alloc_at: Some(17),
                 skip_cpu: Some(1),
@@ -518,6 +651,25 @@ mod tests {
                 inject: Some(Inject::MadtChecksum),
                 deaf_cpu: Some(3),
                 icount: true,
+                ..Config::default()
+            }
+        );
+        assert_eq!(
+            parse("quick suite=mmu").unwrap(),
+            Config {
+                quick: true,
+                suite: Some("mmu"),
+                ..Config::default()
+            }
+        );
+        let line = "run=test test=paging.map";
+        let c = parse(line).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                run: Run::Test,
+                test: Some("paging.map"),
+                ..Config::default()
             }
         );
         // Names borrow from the input.
@@ -525,6 +677,85 @@ mod tests {
             c.test.unwrap().as_ptr(),
             line[line.find("paging").unwrap()..].as_ptr()
         ));
+    }
+
+    #[test]
+    fn keys_that_change_nothing_are_refused() {
+        let err = parse("run=boot test=fault").unwrap_err();
+        assert_eq!(
+            err,
+            Error::NotForRun {
+                key: "test",
+                run: Run::Boot,
+                explicit: true,
+                runs: &[Run::Test]
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "key \"test\" changes nothing with run=boot; it applies to run=test"
+        );
+        // run= may come after the key; the default run is named as such.
+        assert!(matches!(
+            parse("deaf_cpu=1 run=boot"),
+            Err(Error::NotForRun {
+                key: "deaf_cpu",
+                run: Run::Boot,
+                ..
+            })
+        ));
+        assert_eq!(
+            parse("test=x").unwrap_err().to_string(),
+            "key \"test\" changes nothing with run=bench (the default); it applies to run=test"
+        );
+        assert_eq!(
+            parse("run=test suite=nosuch").unwrap_err().to_string(),
+            "key \"suite\" changes nothing with run=test; it applies to run=bench"
+        );
+        assert_eq!(
+            parse("run=probe pv=batched").unwrap_err().to_string(),
+            "key \"pv\" changes nothing with run=probe; it applies to run=test, run=bench \
+             or run=stress"
+        );
+        // Even a key at its default value: it still cannot mean anything.
+        assert!(parse("run=boot soak=0").is_err());
+        // Boot keys go with every job.
+        for r in Run::ALL {
+            let line = format!("run={r} log=warn skip_cpu=1 inject=no_acpi icount");
+            assert_eq!(parse(&line).unwrap().run, r, "{line}");
+        }
+    }
+
+    #[test]
+    fn skip_cpu_must_name_another_listed_cpu() {
+        assert_eq!(check_skip_cpu(1, 0, &[0, 1]), Ok(()));
+        let err = check_skip_cpu(0, 0, &[0, 1]).unwrap_err();
+        assert_eq!(err, SkipCpuError::BootCpu(0));
+        assert_eq!(
+            err.to_string(),
+            "skip_cpu=0 is the boot CPU's APIC ID; only another CPU can be left offline"
+        );
+        assert_eq!(
+            check_skip_cpu(7, 0, &[0, 1]).unwrap_err().to_string(),
+            "skip_cpu=7: no startable CPU has APIC ID 7 (the MADT lists APIC IDs 0, 1)"
+        );
+        assert_eq!(
+            check_skip_cpu(1, 0, &[]).unwrap_err().to_string(),
+            "skip_cpu=1: no startable CPU has APIC ID 1 (no MADT lists any CPU, so only the \
+             boot CPU runs)"
+        );
+        // A boot CPU that is not APIC ID 0 still may not be skipped.
+        assert_eq!(check_skip_cpu(2, 2, &[0, 2]), Err(SkipCpuError::BootCpu(2)));
+    }
+
+    #[test]
+    fn every_key_applies_somewhere_and_every_run_has_its_keys() {
+        for k in KEYS {
+            assert!(!k.runs.is_empty(), "{} applies to no run", k.name);
+        }
+        for r in Run::ALL {
+            assert!(KEYS.iter().any(|k| k.name == "run" && k.runs.contains(&r)));
+        }
     }
 
     #[test]
@@ -541,8 +772,26 @@ mod tests {
             let key = KEYS.iter().find(|k| k.name == "inject").unwrap();
             assert!(key.expected.contains(i.as_str()));
         }
-        assert_eq!(parse("log=off").unwrap().log, LevelFilter::Off);
-        assert_eq!(parse("log=TRACE").unwrap().log, LevelFilter::Trace);
+        for (name, level) in [
+            ("error", LevelFilter::Error),
+            ("warn", LevelFilter::Warn),
+            ("info", LevelFilter::Info),
+            ("debug", LevelFilter::Debug),
+            ("trace", LevelFilter::Trace),
+        ] {
+            assert_eq!(parse(&format!("log={name}")).unwrap().log, level);
+        }
+        // Lower case only, as for run=; and no `off`: errors always print.
+        for bad in ["TRACE", "Info", "off", "OFF"] {
+            let line = format!("log={bad}");
+            let err = parse(&line).unwrap_err();
+            assert!(
+                matches!(err, Error::BadValue { key: "log", .. }),
+                "{bad}: {err:?}"
+            );
+            assert!(err.to_string().contains("errors always print"), "{err}");
+        }
+        assert!(parse("run=BOOT").is_err());
     }
 
     #[test]
@@ -674,7 +923,7 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(parse("test=a=b").unwrap().test, Some("a=b"));
+        assert_eq!(parse("run=test test=a=b").unwrap().test, Some("a=b"));
         let err = parse("inject=madt").unwrap_err();
         assert!(matches!(
             err,

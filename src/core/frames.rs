@@ -254,6 +254,10 @@ pub struct FrameAllocator {
     free: u64,
     managed: u64,
     fail_after: Option<u64>,
+    /// How many injected failures `alloc` has returned: a caller that
+    /// retries can absorb one, so "nobody saw it" and "it never fired" need
+    /// telling apart.
+    injected: u64,
 }
 
 // SAFETY: the bitmap memory is owned by the allocator alone: its frames were
@@ -337,6 +341,7 @@ impl FrameAllocator {
             free: 0,
             managed: 0,
             fail_after: None,
+            injected: 0,
         };
         let (used, managed) = fa.bitmaps_mut();
         used.fill(!0);
@@ -372,6 +377,7 @@ impl FrameAllocator {
             // One injected failure, then normal service: the test that asked
             // for it checks that the error path recovers.
             self.fail_after = None;
+            self.injected += 1;
             return Err(Error::OutOfFrames);
         }
         if self.free == 0 {
@@ -529,6 +535,16 @@ impl FrameAllocator {
     /// Only `alloc` (and `alloc_zeroed`) calls count.
     pub fn set_fail_after(&mut self, n: Option<u64>) {
         self.fail_after = n;
+    }
+
+    /// How many injected failures have fired since the allocator was built.
+    pub fn injected_failures(&self) -> u64 {
+        self.injected
+    }
+
+    /// Whether an injected failure is armed and has not fired yet.
+    pub fn failure_armed(&self) -> bool {
+        self.fail_after.is_some()
     }
 
     fn bitmaps(&self) -> (&[u64], &[u64]) {
@@ -1127,22 +1143,29 @@ mod tests {
         let map = [region(MIB, MIB, RegionKind::Ram)];
         let mut m = machine(FakeRam::new(MIB, MIB as usize), &map, &[]);
         m.fa.set_fail_after(Some(3));
+        assert!(m.fa.failure_armed());
         let a = m.fa.alloc().unwrap();
         m.fa.free(a).unwrap(); // frees do not count
         m.fa.alloc().unwrap();
         m.fa.alloc_zeroed(&m.ram).unwrap();
         let free = m.fa.free_frames();
+        assert_eq!(m.fa.injected_failures(), 0);
         assert_eq!(m.fa.alloc(), Err(Error::OutOfFrames));
         assert_eq!(m.fa.free_frames(), free);
+        assert_eq!(m.fa.injected_failures(), 1);
+        assert!(!m.fa.failure_armed());
         assert!(m.fa.alloc().is_ok(), "the injected failure happens once");
 
         m.fa.set_fail_after(Some(0));
         assert_eq!(m.fa.alloc(), Err(Error::OutOfFrames));
+        assert_eq!(m.fa.injected_failures(), 2);
         m.fa.set_fail_after(Some(1));
         m.fa.set_fail_after(None);
+        assert!(!m.fa.failure_armed());
         for _ in 0..10 {
             m.fa.alloc().unwrap();
         }
+        assert_eq!(m.fa.injected_failures(), 2, "disarmed: nothing fired");
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub enum Error {
     },
     /// The memory map has no RAM entry.
     NoRam,
-    /// No NUL within the first [`CMDLINE_MAX`] bytes of the command line.
+    /// No NUL within the first [`CMDLINE_MAX`] bytes of the command line:
+    /// it is longer than `CMDLINE_MAX - 1` bytes.
     CmdlineUnterminated,
     /// The command line is not UTF-8; `offset` is the first bad byte.
     CmdlineNotUtf8 { offset: usize },
@@ -138,7 +139,9 @@ impl fmt::Display for Error {
             Error::NoRam => f.write_str("PVH memory map has no RAM entry"),
             Error::CmdlineUnterminated => write!(
                 f,
-                "PVH command line has no NUL terminator within {CMDLINE_MAX} bytes"
+                "PVH command line is longer than {} bytes, the most hyperbatch accepts \
+                 (no NUL terminator within its first {CMDLINE_MAX} bytes)",
+                CMDLINE_MAX - 1
             ),
             Error::CmdlineNotUtf8 { offset } => {
                 write!(
@@ -778,7 +781,15 @@ mod tests {
         assert_eq!(err, Error::CmdlineUnterminated);
         assert_eq!(
             err.to_string(),
-            "PVH command line has no NUL terminator within 2048 bytes"
+            "PVH command line is longer than 2047 bytes, the most hyperbatch accepts \
+             (no NUL terminator within its first 2048 bytes)"
+        );
+        // One byte over: the NUL is the 2049th byte.
+        let mut one_over = vec![b'x'; CMDLINE_MAX];
+        one_over.push(0);
+        assert_eq!(
+            parse_cmdline_bytes(&one_over),
+            Err(Error::CmdlineUnterminated)
         );
 
         let err = parse_cmdline_bytes(b"run=\xff\xfe\0").unwrap_err();

@@ -1,8 +1,11 @@
-//! `run=test`: the in-guest tests. Each prints one `HB test` record; the run
-//! fails if any test fails. `test=NAME` runs one test; `test=fault` (a null
-//! dereference) and `test=overflow` (a kernel stack overflow) are deliberate,
-//! unrecovered faults that must produce a readable report and a failure
-//! exit.
+//! `run=test`: the in-guest tests. Each prints one `HB test` record (with
+//! `"skipped":true` when the machine cannot run it, say with one vCPU); the
+//! run fails if any test fails, and a closing `HB tests` record counts them.
+//! `test=NAME` runs one test. Four names are deliberate failures that must
+//! produce a readable report and a failure exit: `test=fault` (a null
+//! dereference), `test=overflow` (a kernel stack overflow),
+//! `test=self_deadlock` (a lock taken twice) and `test=lock_timeout` (a lock
+//! another vCPU never releases).
 
 // A test outcome carries its message, built once per test, so the size of
 // its error variant does not matter.
@@ -14,6 +17,7 @@ use crate::console;
 use crate::memory;
 use core::fmt::Write;
 use hyperbatch::cmdline::Config;
+use hyperbatch::sync::SpinLock;
 use x86_64::VirtAddr;
 
 pub(crate) type Detail = heapless::String<160>;
@@ -89,7 +93,14 @@ pub fn run(config: &Config<'_>) -> u32 {
     if config.test == Some("overflow") {
         protect::deliberate_overflow();
     }
+    if config.test == Some("self_deadlock") {
+        deliberate_self_deadlock();
+    }
+    if config.test == Some("lock_timeout") {
+        deliberate_lock_timeout();
+    }
     let mut failed = 0;
+    let mut skipped = 0;
     let mut ran = 0;
     for (name, test) in TESTS
         .iter()
@@ -100,12 +111,19 @@ pub fn run(config: &Config<'_>) -> u32 {
             Ok(d) => (true, d),
             Err(d) => (false, d),
         };
+        // A test that cannot run here says so in its detail; the record
+        // says it too, so that the host does not count it as a pass.
+        let skip = ok && detail.starts_with(SKIPPED);
         if !ok {
             failed += 1;
+        }
+        if skip {
+            skipped += 1;
         }
         console::record("test", |r| {
             r.str("name", name)?
                 .bool("ok", ok)?
+                .bool("skipped", skip)?
                 .str("detail", &detail)?;
             Ok(())
         });
@@ -114,13 +132,30 @@ pub fn run(config: &Config<'_>) -> u32 {
         log::error!("no test is named {:?}", config.test.unwrap_or(""));
         return power::EXIT_FAILURE;
     }
-    log::info!("{} of {} tests passed", ran - failed, ran);
+    console::record("tests", |r| {
+        r.u64("listed", TESTS.len() as u64)?
+            .u64("ran", ran)?
+            .u64("passed", ran - failed - skipped)?
+            .u64("skipped", skipped)?
+            .u64("failed", failed)?;
+        Ok(())
+    });
+    log::info!(
+        "{} of {} tests passed, {} skipped, {} failed",
+        ran - failed - skipped,
+        ran,
+        skipped,
+        failed
+    );
     if failed == 0 {
         power::EXIT_SUCCESS
     } else {
         power::EXIT_FAILURE
     }
 }
+
+/// How a test's detail starts when the test could not run here.
+pub(crate) const SKIPPED: &str = "skipped: ";
 
 pub(crate) fn detail(args: core::fmt::Arguments<'_>) -> Detail {
     let mut s = Detail::new();
@@ -234,5 +269,55 @@ fn deliberate_fault() -> ! {
     let v = unsafe { core::ptr::read_volatile(core::hint::black_box(8usize) as *const u64) };
     log::error!("the null page was readable (read {v:#x})");
     let _ = interrupts::vector_name(0);
+    power::exit(power::EXIT_FAILURE)
+}
+
+/// The lock the deliberate lock failures take.
+static DELIBERATE: SpinLock<()> = SpinLock::named("the deliberate test lock", ());
+
+/// `test=self_deadlock`: take a lock this CPU already holds. The lock must
+/// panic, naming itself, instead of spinning forever.
+fn deliberate_self_deadlock() -> ! {
+    log::info!("deliberate self-deadlock: taking a lock this CPU holds");
+    let held = DELIBERATE.lock();
+    let again = DELIBERATE.lock();
+    drop((again, held));
+    log::error!("taking a held lock again did not panic");
+    power::exit(power::EXIT_FAILURE)
+}
+
+fn hold_forever(_: u64) {
+    let _held = DELIBERATE.lock();
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// `test=lock_timeout`: another vCPU takes a lock and never lets go. The
+/// wait must end in a report that names that vCPU as the holder.
+fn deliberate_lock_timeout() -> ! {
+    let me = crate::arch::x86_64::percpu::cpu_index();
+    let others = smp::online_mask() & !(1 << me);
+    if others == 0 {
+        log::error!("test=lock_timeout needs a second vCPU");
+        power::exit(power::EXIT_FAILURE);
+    }
+    let holder = others.trailing_zeros() as usize;
+    if !smp::post_work(holder, hold_forever, 0) {
+        log::error!("test=lock_timeout: cpu{holder} is busy");
+        power::exit(power::EXIT_FAILURE);
+    }
+    let tsc = crate::arch::x86_64::tsc::rdtsc;
+    let deadline = tsc() + crate::arch::x86_64::tsc::hz() * 5;
+    while DELIBERATE.holder() != Some(holder as u32) {
+        if tsc() > deadline {
+            log::error!("test=lock_timeout: cpu{holder} did not take the lock in 5 s");
+            power::exit(power::EXIT_FAILURE);
+        }
+        core::hint::spin_loop();
+    }
+    log::info!("deliberate lock timeout: cpu{holder} holds a lock forever, cpu{me} waits for it");
+    drop(DELIBERATE.lock());
+    log::error!("a lock held forever was granted");
     power::exit(power::EXIT_FAILURE)
 }

@@ -5,7 +5,8 @@
 # address with paging off, flat 32-bit segments, interrupts off, no valid
 # stack, and the physical address of `hvm_start_info` in EBX.
 #
-# Operands: {rust_entry} (sym), {stack_size} (const).
+# Operands (arch/x86_64/mod.rs): rust_entry, ap_entry and handoff (sym);
+# stack_size and the handoff_* field offsets of smp::ApHandoff (const).
 
 
 # The note must be 4-byte aligned: QEMU 7.2 reads the entry from the wrong
@@ -96,6 +97,9 @@ pvh_start32:
     .long boot_long_mode
     .word 0x08                      # 64-bit code selector
 
+# No Rust can run: print the reason and the exit record power.rs would,
+# then leave through isa-debug-exit, so the host sees a failure at once
+# instead of waiting out its timeout. Without that device, halt.
 .Lno_long_mode:
     mov esi, offset .Lno_lm_msg
     mov dx, 0x3f8
@@ -104,9 +108,12 @@ pvh_start32:
     jz 5f
     out dx, al
     jmp 4b
-5:  cli
+5:  mov dx, {debug_exit_port}
+    mov eax, {exit_failure}
+    out dx, eax
+9:  cli
     hlt
-    jmp 5b
+    jmp 9b
 
 .code64
 boot_long_mode:
@@ -140,13 +147,13 @@ ap_long_mode:
     # Claim the hand-off before touching its stack: a CPU that timed out
     # and arrives late must not run on the stack of the CPU started after it.
     mov eax, 1
-    xchg rax, [rip + {handoff} + 24]
+    xchg rax, [rip + {handoff} + {handoff_claimed}]
     test rax, rax
     jnz 8f
-    mov rax, [rip + {handoff} + 0]  # final page-table root
+    mov rax, [rip + {handoff} + {handoff_cr3}]      # final page-table root
     mov cr3, rax
-    mov rsp, [rip + {handoff} + 8]  # top of this CPU's guarded stack
-    mov rdi, [rip + {handoff} + 16] # CPU index
+    mov rsp, [rip + {handoff} + {handoff_stack}]    # top of this CPU's guarded stack
+    mov rdi, [rip + {handoff} + {handoff_index}]    # CPU index
     xor ebp, ebp
     call {ap_entry}
 7:  cli
@@ -157,8 +164,11 @@ ap_long_mode:
     jmp 8b
 
 .section .rodata.boot, "a"
+# `{{` is a literal brace: this file is a format string (global_asm!).
 .Lno_lm_msg:
-    .asciz "hyperbatch: this CPU has no long mode (CPUID 0x80000001 EDX[29]); halting\r\n"
+    .ascii "hyperbatch: this CPU has no long mode (CPUID 0x80000001 EDX[29]); "
+    .ascii "hyperbatch needs an x86-64 CPU\r\n"
+    .asciz "HB {{\"event\":\"exit\",\"status\":{exit_failure}}}\r\n"
 
 .balign 8
 boot_gdt:

@@ -18,9 +18,10 @@ pub struct IrqLock<T> {
 }
 
 impl<T> IrqLock<T> {
-    pub const fn new(value: T) -> Self {
+    /// A lock that reports (self-deadlock, timeout) call `name`.
+    pub const fn named(name: &'static str, value: T) -> Self {
         IrqLock {
-            inner: SpinLock::new(value),
+            inner: SpinLock::named(name, value),
         }
     }
 

@@ -24,7 +24,13 @@ global_asm!(
     rust_entry = sym crate::kernel_entry,
     ap_entry = sym smp::ap_entry,
     handoff = sym smp::AP_HANDOFF,
+    handoff_cr3 = const core::mem::offset_of!(smp::ApHandoff, cr3),
+    handoff_stack = const core::mem::offset_of!(smp::ApHandoff, stack),
+    handoff_index = const core::mem::offset_of!(smp::ApHandoff, index),
+    handoff_claimed = const core::mem::offset_of!(smp::ApHandoff, claimed),
     stack_size = const BOOT_STACK_SIZE,
+    debug_exit_port = const power::DEBUG_EXIT_PORT,
+    exit_failure = const power::EXIT_FAILURE,
 );
 
 /// The real CPUID instruction, for `hyperbatch::hypervisor`.

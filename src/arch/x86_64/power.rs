@@ -14,9 +14,9 @@ pub const EXIT_FAILURE: u32 = 1;
 
 /// QEMU `-device isa-debug-exit,iobase=0xf4,iosize=0x04`: a write of `v`
 /// ends QEMU with status `(v << 1) | 1`.
-const DEBUG_EXIT_PORT: u16 = 0xf4;
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
-static POWEROFF: SpinLock<Option<Poweroff>> = SpinLock::new(None);
+static POWEROFF: SpinLock<Option<Poweroff>> = SpinLock::named("POWEROFF", None);
 
 /// Records how this platform enters S5 (from the FADT and DSDT).
 pub fn set_poweroff(p: Poweroff) {

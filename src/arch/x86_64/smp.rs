@@ -38,14 +38,29 @@ extern "C" {
     static ap_trampoline_end: u8;
 }
 
-/// Read by `ap_long_mode` in boot.s: page-table root, stack top, CPU index,
-/// and a claim word so that a latecomer cannot take another CPU's hand-off.
-#[no_mangle]
-pub static AP_HANDOFF: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
-const HANDOFF_CR3: usize = 0;
-const HANDOFF_STACK: usize = 1;
-const HANDOFF_INDEX: usize = 2;
-const HANDOFF_CLAIMED: usize = 3;
+/// What the boot CPU hands the CPU it is starting. Read by `ap_long_mode`
+/// in boot.s, which gets each field's offset as a `const` operand
+/// (arch/x86_64/mod.rs), so the layout lives here only.
+#[repr(C)]
+pub struct ApHandoff {
+    /// The kernel page-table root.
+    pub cr3: AtomicU64,
+    /// The top of the starting CPU's guarded stack.
+    pub stack: AtomicU64,
+    /// Its CPU index, `ap_entry`'s argument.
+    pub index: AtomicU64,
+    /// 0 until a CPU takes this hand-off (boot.s swaps in 1 before it
+    /// touches the stack), or the boot CPU gives up on it: whichever swaps
+    /// first owns it, so a latecomer cannot run on the next CPU's stack.
+    pub claimed: AtomicU64,
+}
+
+pub static AP_HANDOFF: ApHandoff = ApHandoff {
+    cr3: AtomicU64::new(0),
+    stack: AtomicU64::new(0),
+    index: AtomicU64::new(0),
+    claimed: AtomicU64::new(0),
+};
 
 /// CPUs that came online, the boot CPU included.
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
@@ -62,6 +77,8 @@ pub struct StartReport {
     pub online: usize,
     /// APIC IDs of CPUs that were listed but did not come up.
     pub failed: heapless::Vec<u32, { percpu::MAX_CPUS }>,
+    /// A CPU kept the hand-off busy, so the CPUs after it were not started.
+    pub abandoned: bool,
 }
 
 /// Starts every startable CPU in `cpus` other than the boot CPU.
@@ -81,11 +98,16 @@ pub fn start_aps(cpus: &[Cpu], want_x2apic: bool, skip_apic_id: Option<u32>) -> 
         listed: 0,
         online: 1,
         failed: heapless::Vec::new(),
+        abandoned: false,
     };
     let mut next_index = 1;
     for cpu in cpus.iter().filter(|c| c.startable()) {
         report.listed += 1;
         if cpu.apic_id == bsp {
+            continue;
+        }
+        if report.abandoned {
+            let _ = report.failed.push(cpu.apic_id);
             continue;
         }
         if cpu.apic_id > 0xfe && apic::mode() == apic::Mode::XApic {
@@ -100,6 +122,14 @@ pub fn start_aps(cpus: &[Cpu], want_x2apic: bool, skip_apic_id: Option<u32>) -> 
         next_index += 1;
         match start_one(index, cpu.apic_id, skip_apic_id == Some(cpu.apic_id)) {
             Ok(()) => report.online += 1,
+            Err(why @ StartError::ClaimedButSilent) => {
+                log::error!(
+                    "cpu{index} (APIC ID {}) did not come up: {why}; starting no more CPUs",
+                    cpu.apic_id
+                );
+                let _ = report.failed.push(cpu.apic_id);
+                report.abandoned = true;
+            }
             Err(why) => {
                 log::error!(
                     "cpu{index} (APIC ID {}) did not come up: {why}; continuing without it",
@@ -115,44 +145,91 @@ pub fn start_aps(cpus: &[Cpu], want_x2apic: bool, skip_apic_id: Option<u32>) -> 
     report
 }
 
-fn start_one(index: usize, apic_id: u32, skip: bool) -> Result<(), &'static str> {
-    let stacks = stacks::map_for(index).map_err(|_| "no memory for its stacks")?;
+fn start_one(index: usize, apic_id: u32, skip: bool) -> Result<(), StartError> {
+    let stacks = stacks::map_for(index).map_err(|_| StartError::NoStacks)?;
     let slot = percpu::get(index);
     slot.apic_id.store(apic_id, Ordering::Relaxed);
-    AP_HANDOFF[HANDOFF_CR3].store(
+    AP_HANDOFF.cr3.store(
         crate::memory::root().start_address().as_u64(),
         Ordering::Relaxed,
     );
-    AP_HANDOFF[HANDOFF_STACK].store(stacks.kernel_top.as_u64(), Ordering::Relaxed);
-    AP_HANDOFF[HANDOFF_INDEX].store(index as u64, Ordering::Relaxed);
-    AP_HANDOFF[HANDOFF_CLAIMED].store(0, Ordering::Release);
+    AP_HANDOFF
+        .stack
+        .store(stacks.kernel_top.as_u64(), Ordering::Relaxed);
+    AP_HANDOFF.index.store(index as u64, Ordering::Relaxed);
+    AP_HANDOFF.claimed.store(0, Ordering::Release);
     if skip {
         // Fault injection: behave exactly as if the CPU never answered.
         tsc::delay_us(INIT_DELAY_US);
-        return Err("skipped on purpose (skip_cpu on the command line)");
+        return Err(StartError::Skipped);
     }
     apic::send_init(apic_id);
     tsc::delay_us(INIT_DELAY_US);
     for _ in 0..2 {
         apic::send_startup(apic_id, (TRAMPOLINE_BASE >> 12) as u8);
         tsc::delay_us(STARTUP_DELAY_US);
-        if AP_HANDOFF[HANDOFF_CLAIMED].load(Ordering::Acquire) != 0 {
+        if AP_HANDOFF.claimed.load(Ordering::Acquire) != 0 {
             break;
         }
     }
+    if wait_online(slot)? {
+        return Ok(());
+    }
+    // Nobody may use this hand-off any more. Swapped, not stored: a CPU that
+    // claimed it a moment ago is running on it, and must not be reported
+    // failed (it would come online anyway) nor have its hand-off rewritten
+    // for the next CPU while it may still be reading it.
+    if AP_HANDOFF.claimed.swap(1, Ordering::AcqRel) == 0 {
+        return Err(StartError::Silent);
+    }
+    if wait_online(slot)? {
+        return Ok(());
+    }
+    Err(StartError::ClaimedButSilent)
+}
+
+/// Waits up to the online timeout for `slot` to come online: true if it
+/// did, false if the time ran out.
+fn wait_online(slot: &percpu::PerCpu) -> Result<bool, StartError> {
     let deadline = tsc::rdtsc() + tsc::hz() / 1_000_000 * ONLINE_TIMEOUT_US;
     while tsc::rdtsc() < deadline {
         if slot.online.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(true);
         }
         if STRAY.swap(false, Ordering::AcqRel) {
-            return Err("another CPU took its start-up slot");
+            return Err(StartError::Stray);
         }
         core::hint::spin_loop();
     }
-    // Nobody may use this hand-off any more: a late CPU will find it claimed.
-    AP_HANDOFF[HANDOFF_CLAIMED].store(1, Ordering::Release);
-    Err("timed out")
+    Ok(false)
+}
+
+/// Why a CPU did not come up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartError {
+    NoStacks,
+    Skipped,
+    /// Another CPU arrived in its place.
+    Stray,
+    /// It never claimed the hand-off.
+    Silent,
+    /// It claimed the hand-off, then did not come online: it may still be
+    /// reading the hand-off, which therefore cannot serve another CPU.
+    ClaimedButSilent,
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            StartError::NoStacks => "no memory for its stacks",
+            StartError::Skipped => "skipped on purpose (skip_cpu on the command line)",
+            StartError::Stray => "another CPU took its start-up slot",
+            StartError::Silent => "timed out",
+            StartError::ClaimedButSilent => {
+                "it took its start-up slot, then did not come online in twice the timeout"
+            }
+        })
+    }
 }
 
 /// The Rust entry of an application processor, on its own stack.

@@ -30,6 +30,12 @@ pub fn hz() -> u64 {
     }
 }
 
+/// The calibrated frequency, or 0 before calibration (for the lock
+/// timeout, which must not guess).
+pub fn hz_if_known() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
 /// What a TSC tick is in this run (set once at boot by [`set_unit`]).
 pub fn unit() -> TscUnit {
     if COUNTS_INSTRUCTIONS.load(Ordering::Relaxed) {
