@@ -10,11 +10,16 @@
 #   5. tools/hbreport        the benchmark report tool: fmt, clippy, its tests
 #                            on a recorded log
 #   6. scripts/build.sh      the kernel ELF
-#   7. scripts/bench.sh      a quick benchmark boot (run=bench quick, 2 vCPUs):
-#                            every suite must print parseable results, the
-#                            workload checksums must match across backends,
-#                            and the report and plots must be written
-#   8. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
+#   7. scripts/bench.sh      a quick benchmark run (run=bench quick, 2 vCPUs,
+#                            one counting and two timed boots): every suite
+#                            must print parseable results, the workload
+#                            checksums must match across backends, the
+#                            report and plots must be written, and
+#                            results.json must match its documented schema
+#   8. determinism           two counting runs (QEMU icount) must print
+#                            identical result records, and hbreport compare
+#                            must report no change
+#   9. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
 #                            machines and CPU counts
 #
 #   scripts/test.sh [--quick]     --quick: only the guest rows marked quick
@@ -86,26 +91,53 @@ cargo +nightly test -p hbreport
 step "build: the kernel"
 kernel="$(scripts/build.sh --no-setup)"
 
-step "bench: scripts/bench.sh --quick (report and plots)"
-# --quick makes hbreport strict and checks every suite and the workload
-# checksums; what is left to check here is that the files are there.
+step "bench: scripts/bench.sh --quick (report, plots, results.json)"
+# One counting boot and two timed boots, so that the figures are grouped
+# across boots as in a full run. --quick makes hbreport strict and checks
+# every suite and the workload checksums; what is left to check here is
+# that the files are there and results.json matches its documented schema.
 bench_out="target/bench-quick"
-rm -rf "$bench_out"
-scripts/bench.sh --quick --accel tcg --smp 2 --kernel "$kernel" --out "$bench_out" >/dev/null
-for f in report.md results.json serial.log mm_map_unmap.svg smp_shootdown.svg workloads.svg; do
+# Single-threaded TCG: with two vCPUs on a shared 2-core runner, one host
+# thread per vCPU makes each shootdown wait for a host time slice, and a
+# boot of 3 s can take 30.
+HB_TCG_THREAD=single scripts/bench.sh --quick --accel tcg --smp 2 --runs 2 --kernel "$kernel" --out "$bench_out" >/dev/null
+for f in report.md results.json results.csv benchmark.json host.json serial-count-1.log serial-timed-1.log \
+    serial-timed-2.log mm_map_unmap.svg speedup.svg privileged.svg smp_shootdown.svg workloads.svg; do
     if [[ ! -s "$bench_out/$f" ]]; then
         echo "test.sh: bench.sh wrote no $bench_out/$f" >&2
         exit 1
     fi
 done
-svgs=("$bench_out"/*.svg)
-for f in "${svgs[@]}"; do
-    if [[ "$(head -c 4 "$f")" != "<svg" ]]; then
-        echo "test.sh: $f is not an SVG document" >&2
-        exit 1
-    fi
+hbreport="${CARGO_TARGET_DIR:-target}/debug/hbreport"
+"$hbreport" validate "$bench_out"
+echo "bench: report.md, results.json (valid), results.csv and $(ls "$bench_out"/*.svg | wc -l) plots in $bench_out"
+
+step "determinism: two counting runs print identical figures, and compare says so"
+# The counting mode's promise: the same build prints the same instruction
+# counts in every boot. This fails if anything nondeterministic creeps into
+# the guest (a timing-dependent path, an uninitialised read, a race).
+count_a="target/bench-icount-a"
+count_b="target/bench-icount-b"
+for d in "$count_a" "$count_b"; do
+    scripts/bench.sh --icount --quick --smp 2 --kernel "$kernel" --out "$d" >/dev/null
 done
-echo "bench: report.md, results.json and ${#svgs[@]} plots in $bench_out"
+records() { tr -d '\r' <"$1/serial-count-1.log" | grep -aE '^HB \{.*"event" *: *"result"'; }
+if ! diff <(records "$count_a") <(records "$count_b") >/dev/null; then
+    echo "test.sh: two counting boots of the same kernel printed different result records:" >&2
+    diff <(records "$count_a") <(records "$count_b") | head -n 10 >&2
+    exit 1
+fi
+if ! compare_out="$("$hbreport" compare "$count_a" "$count_b")"; then
+    echo "$compare_out" >&2
+    echo "test.sh: hbreport compare of two identical counting runs did not exit 0" >&2
+    exit 1
+fi
+if ! grep -q "No change: every figure is the same." <<<"$compare_out"; then
+    echo "$compare_out" | tail -n 5 >&2
+    echo "test.sh: hbreport compare of two identical counting runs found a change" >&2
+    exit 1
+fi
+echo "determinism: $(records "$count_a" | wc -l) result records identical in two boots; compare: no change"
 
 step "guest tests: tests/guest.py"
 # guest.py's closing `N passed, N failed` line is the last thing printed.
