@@ -19,7 +19,9 @@
 #   8. determinism           two counting runs (QEMU icount) must print
 #                            identical result records, and hbreport compare
 #                            must report no change
-#   9. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
+#   9. tests/bench-cli.sh    bench.sh's options, --from-log and failures, as a
+#                            user meets them
+#  10. tests/guest.py        the kernel booted under QEMU (TCG) in a matrix of
 #                            machines and CPU counts
 #
 #   scripts/test.sh [--quick]     --quick: only the guest rows marked quick
@@ -138,6 +140,11 @@ if ! grep -q "No change: every figure is the same." <<<"$compare_out"; then
     exit 1
 fi
 echo "determinism: $(records "$count_a" | wc -l) result records identical in two boots; compare: no change"
+
+step "bench.sh as a user meets it: tests/bench-cli.sh"
+# Bad options refused before any build, relative paths, --from-log's exit
+# status and metadata, a refused boot's own message.
+tests/bench-cli.sh --kernel "$kernel"
 
 step "guest tests: tests/guest.py"
 # guest.py's closing `N passed, N failed` line is the last thing printed.

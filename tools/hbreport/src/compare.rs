@@ -61,6 +61,15 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict in words; `counted` picks how "within" reads (a counted
+    /// figure has no noise, only a threshold).
+    pub fn label_for(self, counted: bool) -> &'static str {
+        match (self, counted) {
+            (Verdict::Within, true) => "within threshold",
+            _ => self.label(),
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Same => "same",
@@ -352,7 +361,7 @@ impl Comparison {
                     thousands(r.old.median),
                     thousands(r.new.median),
                     ratio3(r.ratio),
-                    r.verdict.label(),
+                    r.verdict.label_for(true),
                     if r.verdict == Verdict::Regressed {
                         format!(" (+{:.1}%)", (r.ratio - 1.0) * 100.0)
                     } else {
@@ -477,7 +486,7 @@ impl Comparison {
                         "old {} new/old {} ({})",
                         r.old.median,
                         ratio3(r.ratio),
-                        r.verdict.label()
+                        r.verdict.label_for(r.old.counted)
                     ),
                     None => "not in OLD".to_string(),
                 });
