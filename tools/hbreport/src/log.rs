@@ -45,6 +45,8 @@ pub enum Error {
     NoResults {
         hb_lines: usize,
         guest_errors: Vec<String>,
+        /// The first HB line skipped as malformed, when one was.
+        first_skipped: Option<String>,
     },
 }
 
@@ -57,14 +59,16 @@ impl fmt::Display for Error {
             Error::NoResults {
                 hb_lines,
                 guest_errors,
+                first_skipped,
             } => {
                 write!(
                     f,
                     "the log holds no HB result record ({hb_lines} HB lines in all)"
                 )?;
-                match guest_errors.first() {
-                    Some(e) => write!(f, "; the guest said: {e}"),
-                    None => write!(f, ": did the guest run with run=bench?"),
+                match (guest_errors.first(), first_skipped) {
+                    (Some(e), _) => write!(f, "; the guest said: {e}"),
+                    (None, Some(k)) => write!(f, "; {k}"),
+                    (None, None) => write!(f, ": did the guest run with run=bench?"),
                 }
             }
         }
@@ -386,6 +390,7 @@ pub fn parse(text: &str, strict: bool) -> Result<Log, Error> {
     if log.figures().next().is_none() {
         return Err(Error::NoResults {
             hb_lines: log.records.len() + log.skipped.len(),
+            first_skipped: log.skipped.first().map(|k| k.to_string()),
             guest_errors: log.guest_errors,
         });
     }

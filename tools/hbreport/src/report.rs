@@ -186,10 +186,6 @@ pub const COLUMNS: &[(&str, &str)] = &[
 ];
 
 fn header(names: &[&str]) -> String {
-    debug_assert!(
-        names.iter().all(|n| column_key(n).is_some()),
-        "undefined column in {names:?}"
-    );
     let mut h = String::from("|");
     let mut r = String::from("|");
     for n in names {
@@ -199,17 +195,23 @@ fn header(names: &[&str]) -> String {
     format!("{h}\n{r}")
 }
 
+/// Whether `words` occurs in `text` as whole words.
+fn has_words(text: &str, words: &str) -> bool {
+    text.match_indices(words).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + words.len()..].chars().next();
+        before.is_none_or(|c| c == ' ') && after.is_none_or(|c| c == ' ')
+    })
+}
+
 /// The COLUMNS key a header names: itself, or a key with a backend or a
-/// unit before or after it ("batched cycles/op", "cycles/op (a)").
+/// unit before or after it ("batched cycles/op", "immediate ÷ batched
+/// instructions"). The longest match wins.
 pub fn column_key(header: &str) -> Option<&'static str> {
-    let words: Vec<&str> = header.split_whitespace().collect();
     COLUMNS
         .iter()
         .map(|(k, _)| *k)
-        .filter(|k| {
-            let kw: Vec<&str> = k.split_whitespace().collect();
-            words.windows(kw.len()).any(|w| w == kw.as_slice())
-        })
+        .filter(|k| has_words(header, k))
         .max_by_key(|k| k.len())
 }
 

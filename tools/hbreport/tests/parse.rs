@@ -181,10 +181,17 @@ fn a_log_without_results_is_an_error_that_quotes_the_guest() {
         err,
         Error::NoResults {
             hb_lines: 1,
-            guest_errors: vec![]
+            guest_errors: vec![],
+            first_skipped: None,
         }
     );
     assert!(err.to_string().contains("run=bench"));
+    // When the only result line was refused, the error says why.
+    let bad = result_line("mm", "map_unmap", "batched", 1, 1, 10.0, json!({}))
+        .replace("\"ops\":100", "\"ops\":9223372036854775808")
+        .replace("\"reps\":10", "\"reps\":2");
+    let msg = log::parse(&bad, false).unwrap_err().to_string();
+    assert!(msg.contains("line 1: skipped malformed HB record: result record: ops=9223372036854775808 reps=2: ops × reps overflows"), "{msg}");
 
     // Issue 12: `-- suite=nosuch` used to report only "no HB result record";
     // the guest's own sentence says what is wrong.
