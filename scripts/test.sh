@@ -89,6 +89,11 @@ if ! cargo +nightly fmt -p hbreport --check; then
     echo "test.sh: tools/hbreport formatting differs (above); run: cargo +nightly fmt -p hbreport" >&2
     exit 1
 fi
+# The fuzz crate is a workspace of its own, which the line above misses.
+if ! (cd tools/hbreport/fuzz && cargo +nightly fmt --check); then
+    echo "test.sh: tools/hbreport/fuzz formatting differs (above); run it in tools/hbreport/fuzz: cargo +nightly fmt" >&2
+    exit 1
+fi
 cargo +nightly clippy -p hbreport --all-targets -- -D warnings
 cargo +nightly test -p hbreport
 

@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
         .split('\0')
         .take(4)
         .enumerate()
-        .filter_map(|(i, log)| hbreport::parse_boot(&format!("serial-{i}.log"), log, false, &host).ok())
+        .filter_map(|(i, log)| {
+            hbreport::parse_boot(&format!("serial-{i}.log"), log, false, &host).ok()
+        })
         .collect();
     if boots.is_empty() {
         return;
@@ -34,10 +36,16 @@ fuzz_target!(|data: &[u8]| {
     let doc: serde_json::Value =
         serde_json::from_str(&built.results_json).expect("results.json is JSON");
     let problems = hbreport::results::validate(&doc);
-    assert!(problems.is_empty(), "results.json does not validate: {problems:?}");
+    assert!(
+        problems.is_empty(),
+        "results.json does not validate: {problems:?}"
+    );
     let side = hbreport::compare::parse_side("run", &built.results_json)
         .expect("compare reads what report wrote");
     let c = hbreport::compare::compare(side.clone(), side, 0.02);
-    assert!(c.failures(true).is_empty(), "a run regressed against itself");
+    assert!(
+        c.failures(true).is_empty(),
+        "a run regressed against itself"
+    );
     assert!(built.report_md.starts_with("# hyperbatch benchmark report"));
 });
