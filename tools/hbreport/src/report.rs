@@ -483,9 +483,11 @@ fn summary(out: &mut String, s: &Summary, targets: &[Target]) {
     if !noisy.is_empty() {
         let _ = writeln!(
             out,
-            "{} timed figure(s) are noisy (their boots differ by more than {:.0}%); they are marked ⚠ in the \
-             tables. Counted figures do not move between boots.\n",
+            "{} of {} timed figures are noisy (their boots differ by more than {:.0}%); they are marked ⚠ in \
+             the tables. Compare builds on the counted figures, which do not move between boots; for timed \
+             figures to quote, run more boots (`--runs`) on a machine with nothing else running.\n",
             noisy.len(),
+            s.of_kind(FigKind::Timed).count(),
             NOISY_SPREAD * 100.0
         );
     }
@@ -704,9 +706,41 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
         cap.map_or("an unknown number of".into(), |c| c.to_string()),
         ceiling.map_or("a ceiling of".into(), |c| c.to_string())
     );
-    let _ = writeln!(out, "The columns of the tables below:\n");
-    for (k, d) in COLUMNS.iter().filter(|(k, _)| used.contains(k)) {
+    let _ = writeln!(out, "The columns of the figure tables:\n");
+    for (k, d) in COLUMNS
+        .iter()
+        .filter(|(k, _)| used.contains(k) && !LOCAL_COLUMNS.contains(k))
+    {
         let _ = writeln!(out, "- **{k}**: {d}.");
+    }
+    let _ = writeln!(out);
+}
+
+/// Columns defined where their table is (the targets, the reference costs
+/// and the boots), not in the glossary.
+const LOCAL_COLUMNS: &[&str] = &[
+    "target",
+    "requirement",
+    "basis",
+    "measured",
+    "verdict",
+    "platform",
+    "cycles",
+    "what it measures",
+    "source",
+    "log",
+    "kind",
+    "mode",
+    "exit",
+    "figures",
+];
+
+/// The definitions of some columns, as a list.
+fn define(out: &mut String, keys: &[&str]) {
+    for k in keys {
+        if let Some((k, d)) = COLUMNS.iter().find(|(c, _)| c == k) {
+            let _ = writeln!(out, "- **{k}**: {d}.");
+        }
     }
     let _ = writeln!(out);
 }
@@ -717,6 +751,10 @@ fn targets_section(out: &mut String, targets: &[Target]) {
         out,
         "What the project set out to show, checked against this run. A verdict marked *not in every boot* rests \
          on timed figures whose boots disagree about it.\n"
+    );
+    define(
+        out,
+        &["target", "requirement", "basis", "measured", "verdict"],
     );
     let _ = writeln!(
         out,
@@ -1261,6 +1299,7 @@ fn reference_section(out: &mut String) {
         }
     }
     let num = |src: &str| sources.iter().position(|x| *x == src).map_or(0, |i| i + 1);
+    define(out, &["platform", "cycles", "what it measures", "source"]);
     let _ = writeln!(
         out,
         "{}",
@@ -1302,6 +1341,7 @@ fn reference_section(out: &mut String) {
 
 fn boots_section(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "## Boots\n");
+    define(out, &["log", "kind", "mode", "exit", "figures"]);
     let _ = writeln!(
         out,
         "{}",
@@ -1327,10 +1367,14 @@ fn boots_section(out: &mut String, s: &Summary) {
     let env = s.env().cloned().unwrap_or_default();
     let tsc = match env.tsc_hz {
         Some(hz) => format!(
-            "{:.3} GHz, from {}, in steps of {} cycles",
+            "{:.3} GHz, from {}, in steps of {}",
             hz as f64 / 1e9,
             env.tsc_source.as_deref().unwrap_or("an unknown source"),
-            env.tsc_resolution.map_or("?".into(), |r| r.to_string())
+            match env.tsc_resolution {
+                Some(1) => "1 cycle".to_string(),
+                Some(r) => format!("{r} cycles"),
+                None => "an unknown number of cycles".to_string(),
+            }
         ),
         None => "frequency unknown".into(),
     };
