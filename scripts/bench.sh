@@ -30,7 +30,9 @@
 #   --machine M        QEMU machine: microvm, pc or q35 (default microvm)
 #   --accel A          the timed boots' accelerator: auto, tcg or kvm (default
 #                      auto, which picks TCG on hosts whose KVM interprets
-#                      ring 0)
+#                      ring 0); under TCG they run single-threaded unless
+#                      HB_TCG_THREAD=multi (one host thread per vCPU, whose
+#                      figures then depend on how busy the host is)
 #   --mem SIZE         guest RAM, e.g. 512M or 1G (default 512M)
 #   --timeout SECONDS  stop a boot after this long (default 1800; 600 with
 #                      --quick)
@@ -178,6 +180,15 @@ if [[ ("$vmm" == ch || "$accel" == kvm) && "$mode" == both ]]; then
     hb_say "$what: timed boots only (counting needs QEMU TCG)"
     mode=timed
 fi
+# The timed boots run single-threaded TCG unless HB_TCG_THREAD=multi asks
+# otherwise. With one host thread per vCPU, every cross-vCPU wait (a
+# shootdown's acknowledgement) lasts until the host schedules the other
+# thread: on a busy 2-core machine one boot's workload suite took 385 s
+# instead of 3, and the figures measured the host's scheduler. One thread
+# gives figures that do not depend on how many cores the host has or how
+# busy they are; host.json records the choice.
+tcg_thread="${HB_TCG_THREAD:-single}"
+case "$tcg_thread" in single | multi) ;; *) bad "HB_TCG_THREAD must be single or multi, not '$tcg_thread'" ;; esac
 if [[ -n "$kernel" && ! -f "$kernel" ]]; then
     bad "--kernel: no file '$kernel'"
 fi
@@ -366,14 +377,6 @@ else
     cmdline=(run=bench)
     ((quick)) && cmdline+=(quick)
     cmdline+=("${extra[@]}")
-    # The timed boots' TCG threading, decided here (run-qemu.sh's rule: one
-    # host thread per vCPU only when they fit the host's CPUs) so that
-    # host.json can record it.
-    tcg_thread="${HB_TCG_THREAD:-}"
-    if [[ -z "$tcg_thread" ]]; then
-        tcg_thread=multi
-        ((smp > $(nproc))) && tcg_thread=single
-    fi
     total=$((counting + timed))
     i=0
     boot_one() {

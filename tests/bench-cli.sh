@@ -92,6 +92,14 @@ for case in \
     fi
 done
 
+rc=0
+(cd "$work" && HB_TCG_THREAD=many "$bench") >/dev/null 2>"$work/err.txt" || rc=$?
+if ((rc == 2)) && grep -q "HB_TCG_THREAD must be single or multi, not 'many'" "$work/err.txt"; then
+    ok "bad HB_TCG_THREAD"
+else
+    bad "bad HB_TCG_THREAD: exit $rc" "$work/err.txt"
+fi
+
 # ---- every --help example is a command that parses ----
 help="$("$bench" --help)"
 grep -q "scripts/bench.sh --quick -- suite=mm" <<<"$help" && ok "--help shows its examples" ||
