@@ -1241,6 +1241,9 @@ fn capacity_summary(out: &mut String, proj: &Projection, names: &[&str], cap: u6
         rule += "---|";
     }
     let _ = writeln!(out, "{head}\n{rule}");
+    // Figures whose cells are all the same share a row: the counts of
+    // map_unmap and map_touch_unmap, say, are the same operations.
+    let mut rows: Vec<(Vec<&str>, String)> = Vec::new();
     for name in names {
         let (Some(imm), Some(bat)) = (
             proj.row(name, "immediate", cap),
@@ -1248,7 +1251,7 @@ fn capacity_summary(out: &mut String, proj: &Projection, names: &[&str], cap: u6
         ) else {
             continue;
         };
-        let mut line = format!("| {} |", cell(name));
+        let mut line = String::new();
         for (i, _) in proj.columns.iter().enumerate() {
             let cellv = match (imm.projected[i].value(), bat.projected[i].value()) {
                 (Some(a), Some(b)) if b > 0.0 => format!(
@@ -1263,7 +1266,13 @@ fn capacity_summary(out: &mut String, proj: &Projection, names: &[&str], cap: u6
             };
             line += &format!(" {cellv} |");
         }
-        let _ = writeln!(out, "{line}");
+        match rows.iter_mut().find(|(_, l)| *l == line) {
+            Some((ns, _)) => ns.push(name),
+            None => rows.push((vec![name], line)),
+        }
+    }
+    for (ns, line) in rows {
+        let _ = writeln!(out, "| {} |{line}", cell(&ns.join(", ")));
     }
     let _ = writeln!(
         out,
