@@ -107,14 +107,21 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && [[ ! -x "${CARGO_HOME:-$HOME/.carg
     echo "test.sh: installing cargo-fuzz (cargo install cargo-fuzz --locked)"
     cargo install cargo-fuzz --locked
 fi
+fuzz_log="target/fuzz-report.log"
+mkdir -p target tools/hbreport/fuzz/corpus/report
+fuzz_rc=0
 (
     cd tools/hbreport
-    mkdir -p fuzz/corpus/report
     cargo +nightly fuzz run -s none report fuzz/corpus/report fuzz/seeds testdata -- \
-        -max_len=4096 -timeout=20 -max_total_time=25 -print_final_stats=1 2>&1 |
-        grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|==[0-9]+==|SUMMARY|thread .* panicked|Test unit written)' || true
-    exit "${PIPESTATUS[0]}"
-)
+        -max_len=4096 -timeout=20 -max_total_time=25 -print_final_stats=1
+) >"$fuzz_log" 2>&1 || fuzz_rc=$?
+grep -aE '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|==[0-9]+==|SUMMARY|thread .* panicked|Test unit written)' \
+    "$fuzz_log" || true
+if ((fuzz_rc != 0)); then
+    tail -n 30 "$fuzz_log" >&2
+    echo "test.sh: the fuzz target failed (exit $fuzz_rc; the crashing input is named above; whole log $fuzz_log)" >&2
+    exit 1
+fi
 
 step "build: the kernel"
 kernel="$(scripts/build.sh --no-setup)"
