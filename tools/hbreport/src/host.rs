@@ -203,7 +203,13 @@ impl Host {
 
     /// Parses host.json; an error names what is wrong.
     pub fn from_json(text: &str) -> Result<Host, String> {
-        let h: Host = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        // serde would read an array as the fields in order, and `[]` as a
+        // record with nothing in it.
+        if !v.is_object() {
+            return Err("not a JSON object".into());
+        }
+        let h: Host = serde_json::from_value(v).map_err(|e| e.to_string())?;
         if let Some(v) = h.schema.filter(|v| *v != HOST_SCHEMA) {
             return Err(format!(
                 "host.json schema {v} (this hbreport reads schema {HOST_SCHEMA})"

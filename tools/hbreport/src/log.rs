@@ -408,6 +408,18 @@ fn parse_record(line: usize, json: &str) -> Result<Record, String> {
     let typed = |what: &str| format!("{what} record: ");
     let kind = match event.as_str() {
         "result" => {
+            // serde reads a JSON array as a struct's fields in order, so
+            // `"counters":[1,2,3]` would pass as counters: refuse it.
+            for key in ["per_op", "ns_per_op", "counters", "events_per_op"] {
+                match value.get(key) {
+                    None | Some(Value::Null) | Some(Value::Object(_)) => {}
+                    Some(other) => {
+                        return Err(
+                            typed("result") + &format!("\"{key}\" is {other}, not an object")
+                        )
+                    }
+                }
+            }
             let fig: Figure = serde_json::from_value(value.clone())
                 .map_err(|e| typed("result") + &e.to_string())?;
             fig.check().map_err(|e| typed("result") + &e)?;

@@ -626,3 +626,121 @@ fn dates_are_utc_rfc3339() {
     );
     assert_eq!(results::utc_now().len(), "2023-11-14T22:13:20Z".len());
 }
+
+// --- the host record ---
+
+#[test]
+fn host_json_records_this_machine_and_reads_back() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let h = hbreport::host::probe(&hbreport::host::Settings {
+        vmm: Some("qemu".into()),
+        machine: Some("q35".into()),
+        smp: Some(4),
+        accel: Some("tcg".into()),
+        tcg_thread: Some("single".into()),
+        repo: Some(repo.display().to_string()),
+        ..Default::default()
+    });
+    assert_eq!(h.machine.as_deref(), Some("q35"));
+    assert_eq!(h.smp, Some(4));
+    assert!(
+        h.kernel.as_deref().is_some_and(|k| k.contains("Linux")),
+        "{:?}",
+        h.kernel
+    );
+    // The repository is a git checkout: its revision is 40 hex digits.
+    let rev = h.git_rev.clone().expect("a git revision");
+    assert!(
+        rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{rev}"
+    );
+    assert!(h.git_dirty.is_some());
+    assert!(h.date.as_deref().is_some_and(|d| d.ends_with('Z')));
+    let back = hbreport::host::Host::from_json(&h.to_json()).unwrap();
+    assert_eq!(back, h);
+    assert!(hbreport::host::Host::from_json("{\"schema\":2}")
+        .unwrap_err()
+        .contains("schema 2"));
+    assert!(hbreport::host::Host::from_json("[]").is_err());
+}
+
+#[test]
+fn kvm_module_parameters_are_read_where_present() {
+    let sys = temp_dir("sys-module");
+    let p = sys.join("kvm_intel/parameters");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("ept"), "N\n").unwrap();
+    std::fs::write(p.join("nested"), "Y\n").unwrap();
+    std::fs::create_dir_all(sys.join("kvm_amd")).unwrap(); // no parameters dir
+    let k = hbreport::host::kvm_params(&sys);
+    assert_eq!(k.len(), 1, "{k:?}");
+    assert_eq!(k["kvm_intel"]["ept"], "N");
+    assert_eq!(k["kvm_intel"]["nested"], "Y");
+    assert!(!k["kvm_intel"].contains_key("enable_apicv"));
+    let h = hbreport::host::Host {
+        kvm: k,
+        ..Default::default()
+    };
+    assert_eq!(h.kvm_line().as_deref(), Some("kvm_intel: ept=N nested=Y"));
+    let _ = std::fs::remove_dir_all(&sys);
+}
+
+// --- what the report flags ---
+
+#[test]
+fn the_report_flags_noisy_timed_figures_and_counted_figures_that_differ() {
+    let timed = |v: f64| {
+        text(&[
+            env_line(1),
+            result_line("mm", "map_unmap", "batched", 1, 1, v, json!({})),
+            exit_line(0),
+        ])
+    };
+    let counted = |v: f64| {
+        text(&[
+            format!(
+                "HB {}",
+                json!({"event":"env","schema":2,"unit":"instructions","ring_capacity":1})
+            ),
+            result_unit(
+                "mm",
+                "map_unmap",
+                "batched",
+                1,
+                1,
+                v,
+                json!({}),
+                "instructions",
+            ),
+            exit_line(0),
+        ])
+    };
+    let s = summary_of(&[
+        ("c1.log", &counted(1000.0)),
+        ("c2.log", &counted(1001.0)),
+        ("t1.log", &timed(100.0)),
+        ("t2.log", &timed(150.0)),
+    ]);
+    let b = hbreport::build(&s, "2026-01-01T00:00:00Z").unwrap();
+    let md = &b.report_md;
+    assert!(md.contains("1 of 1 timed figures are noisy"), "{md}");
+    assert!(md.contains("(⚠ 40%)"), "the noisy cell is not marked");
+    assert!(md.contains("counted figure(s) differ between counting boots"));
+    assert!(md.contains("⚠ differs"));
+    // --check fails on the difference and names the figure.
+    assert!(
+        b.check_failures
+            .iter()
+            .any(|p| p
+                .contains("mm/map_unmap/batched/batch=1/vcpus=1 differs between counting boots"))
+    );
+    let doc: Value = serde_json::from_str(&b.results_json).unwrap();
+    let noisy: Vec<&Value> = doc["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["noisy"] == true)
+        .collect();
+    assert_eq!(noisy.len(), 1);
+    assert_eq!(noisy[0]["unit"], "cycles");
+}

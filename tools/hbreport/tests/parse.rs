@@ -93,6 +93,16 @@ fn malformed_records_name_the_problem() {
             "HB {\"event\":\"exit\",\"status\":\"ok\"}".into(),
             "no integer \"status\"",
         ),
+        // An array is not a record of counters, though serde would read it
+        // as one field after another.
+        (
+            good.replace("\"counters\":{}", "\"counters\":[1,2,3]"),
+            "\"counters\" is [1,2,3], not an object",
+        ),
+        (
+            good.replace("\"per_op\":{", "\"per_op\":[10.0,11.0],\"x\":{"),
+            "\"per_op\" is [10.0,11.0], not an object",
+        ),
         (
             format!("HB {}", json!({"event":"env","schema":3})),
             "env record: schema 3",
