@@ -38,7 +38,8 @@
 #                      --quick)
 #   --kernel PATH      boot this ELF instead of building one
 #   --out DIR          the results directory (default
-#                      results/<UTC date>-<machine>-smp<N>[-quick])
+#                      results/<UTC date>-<machine>-smp<N>[-quick], or
+#                      results/<UTC date>-fromlog with --from-log)
 #   --from-log PATH    do not boot: report on serial logs saved earlier; PATH
 #                      is a log or a results directory (its serial-*.log and
 #                      host.json); repeat it for several logs
@@ -47,11 +48,11 @@
 #
 # Examples:
 #   scripts/bench.sh                        the full run (about 1 minute of boots)
-#   scripts/bench.sh --quick                the short run CI makes
+#   scripts/bench.sh --quick                a short run (what CI checks)
 #   scripts/bench.sh --icount --quick       counting only: the same figures every time
 #   scripts/bench.sh --quick -- suite=mm    one suite
 #   scripts/bench.sh --runs 5 --smp 2       more timed boots, fewer vCPUs
-#   scripts/bench.sh --from-log results/X   remake X's report (X: a results directory)
+#   scripts/bench.sh --from-log results/X   a new report from X's logs (--out results/X: in place)
 #
 # While a boot runs, a progress line on stderr says which boot and suite
 # runs, with the wall-clock time since the run began and the guest's own
@@ -260,6 +261,8 @@ if [[ -z "$out" ]]; then
     suffix=""
     ((quick)) && suffix="-quick"
     out="$root/results/$(date -u +%Y%m%d-%H%M%S)-${label}-smp${smp}${suffix}"
+    # Saved logs say their own vCPUs; the name does not guess them.
+    ((${#logs_in[@]})) && out="$root/results/$(date -u +%Y%m%d-%H%M%S)-fromlog"
     chose_name=1
 fi
 mkdir -p "$(dirname "$out")"
