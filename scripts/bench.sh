@@ -1,41 +1,72 @@
 #!/usr/bin/env bash
-# Runs hyperbatch's benchmarks (run=bench) in one boot and turns the serial
-# log into a results directory: serial.log, results.json, report.md and SVG
-# plots (tools/hbreport).
+# Runs hyperbatch's benchmarks (run=bench) and turns the boots' serial logs
+# into a results directory: report.md, SVG plots, results.json, results.csv,
+# benchmark.json, host.json and every boot's serial log (tools/hbreport;
+# docs/results-schema.md describes the files).
 #
 #   scripts/bench.sh [options] [-- EXTRA CMDLINE...]
 #
+# By default a run is one counting boot, then N timed boots:
+#   - the counting boot runs under QEMU icount (TCG, single-threaded): the
+#     guest's clock advances by one per guest instruction, so its figures are
+#     exact instruction counts, the same in every boot;
+#   - the timed boots measure TSC cycles; each timed figure is the median
+#     across them, with its spread.
+#
+#   --runs N           timed boots (default 3; 1 with --quick, whose figures
+#                      are for checking the pipeline, not for quoting); with
+#                      --icount, counting boots (default 1)
+#   --icount           counting boots only (no timed boot)
+#   --timed            timed boots only (no counting boot; what --ch and
+#                      --accel kvm imply, since only TCG can count)
 #   --quick            the guest's quick mode (fewer pages and repetitions);
 #                      also makes hbreport strict and checks that every suite
-#                      reported and the workload checksums match (what CI runs)
+#                      reported, the workload checksums match and every
+#                      counted figure is the same in every counting boot
 #   --ch [PATH]        boot under cloud-hypervisor (scripts/run-ch.sh) instead
 #                      of QEMU; PATH is its binary (default: $CLOUD_HYPERVISOR,
 #                      else cloud-hypervisor on PATH)
 #   --smp N            vCPUs (default 4: the smp suite goes up to all of them)
 #   --machine M        QEMU machine: microvm, pc or q35 (default microvm)
-#   --accel A          QEMU accelerator: auto, tcg or kvm (default auto, which
-#                      picks TCG on hosts whose KVM interprets ring 0)
-#   --mem SIZE         guest RAM (default 512M)
-#   --timeout SECONDS  stop the guest after this long (default 1800; 600 with
+#   --accel A          the timed boots' accelerator: auto, tcg or kvm (default
+#                      auto, which picks TCG on hosts whose KVM interprets
+#                      ring 0); under TCG they run single-threaded unless
+#                      HB_TCG_THREAD=multi (one host thread per vCPU, whose
+#                      figures then depend on how busy the host is)
+#   --mem SIZE         guest RAM, e.g. 512M or 1G (default 512M)
+#   --timeout SECONDS  stop a boot after this long (default 1800; 600 with
 #                      --quick)
 #   --kernel PATH      boot this ELF instead of building one
 #   --out DIR          the results directory (default
-#                      results/<UTC date>-<machine>-smp<N>[-quick])
-#   --from-log FILE    do not boot: make the report from a serial log saved
-#                      earlier (FILE is copied into the results directory)
-#   --verbose          also stream the guest's serial console (its readable
-#                      tables) to stderr
+#                      results/<UTC date>-<machine>-smp<N>[-quick], or
+#                      results/<UTC date>-fromlog with --from-log)
+#   --from-log PATH    do not boot: report on serial logs saved earlier; PATH
+#                      is a log or a results directory (its serial-*.log and
+#                      host.json); repeat it for several logs
+#   --verbose          also stream the guest's serial console to stderr
 #   -- EXTRA...        more kernel command line, e.g. -- suite=mm
 #
-# While the guest runs, its `HB progress` records drive a progress line on
-# stderr, so a run of minutes is never silent. At the end the paths of the
-# report, results.json and plots are printed on stdout.
+# Examples:
+#   scripts/bench.sh                        the full run (about 1 minute of boots)
+#   scripts/bench.sh --quick                a short run (what CI checks)
+#   scripts/bench.sh --icount --quick       counting only: the same figures every time
+#   scripts/bench.sh --quick -- suite=mm    one suite
+#   scripts/bench.sh --runs 5 --smp 2       more timed boots, fewer vCPUs
+#   scripts/bench.sh --from-log results/X   a new report from X's logs (--out results/X: in place)
 #
-# Exit status: 0 the guest succeeded and the report was made; 1 the report
-# could not be made (or, with --quick, a check failed); 2 bad usage; else
-# the VMM script's status (the guest's failure status, 124 timeout, 125 no
-# exit record, 126 the VMM failed). A failed guest still gets a report when
-# its log holds any figures, to show how far it got.
+# While a boot runs, a progress line on stderr says which boot and suite
+# runs, with the wall-clock time since the run began and the guest's own
+# time (or, counting, its instructions). At the end the report's path is
+# printed on stdout.
+#
+# Exit status: 0 every guest succeeded and the report was made (and, with
+# --quick, checked); 1 the report could not be made or a check failed; 2 bad
+# usage; else the first failed boot's status (the guest's failure status,
+# 124 timeout, 125 no exit record, 126 the VMM failed); with --from-log, a
+# log's guest failure status, or 125 for a log without an exit record. A
+# failed run's directory holds its logs and a FAILED file saying why, and no
+# report.md unless some boot printed figures; bench.sh's own directory names
+# then end in -FAILED.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,6 +75,8 @@ HB_TOOL=bench
 source "$root/scripts/lib.sh"
 
 quick=0
+runs=""
+mode=both
 vmm=qemu
 ch_path=""
 smp=4
@@ -53,18 +86,22 @@ mem=512M
 timeout=""
 kernel=""
 out=""
-from_log=""
+from_logs=()
 verbose=0
 extra=()
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-need() { [[ $# -ge 2 && -n "$2" ]] || {
-    hb_say "$1 needs a value (see --help)"
+bad() {
+    hb_say "$*"
     exit 2
-}; }
+}
+need() { [[ $# -ge 2 && -n "$2" ]] || bad "$1 needs a value (see --help)"; }
+# Paths given on the command line are the caller's: resolve them before the
+# script changes into the repository.
+abs() { [[ "$1" == /* ]] && echo "$1" || echo "$PWD/$1"; }
 while (($#)); do
     case "$1" in
-    --smp | --machine | --accel | --mem | --timeout | --kernel | --out | --from-log)
+    --smp | --machine | --accel | --mem | --timeout | --kernel | --out | --from-log | --runs)
         need "$@"
         case "$1" in
         --smp) smp="$2" ;;
@@ -72,9 +109,10 @@ while (($#)); do
         --accel) accel="$2" ;;
         --mem) mem="$2" ;;
         --timeout) timeout="$2" ;;
-        --kernel) kernel="$2" ;;
-        --out) out="$2" ;;
-        --from-log) from_log="$2" ;;
+        --kernel) kernel="$(abs "$2")" ;;
+        --out) out="$(abs "$2")" ;;
+        --from-log) from_logs+=("$(abs "$2")") ;;
+        --runs) runs="$2" ;;
         esac
         shift 2
         ;;
@@ -82,10 +120,18 @@ while (($#)); do
         vmm=ch
         # The path is optional: take the next word unless it is an option.
         if [[ $# -ge 2 && -n "$2" && "$2" != -* ]]; then
-            ch_path="$2"
+            ch_path="$(abs "$2")"
             shift
         fi
         shift
+        ;;
+    --icount)
+        [[ "$mode" == timed ]] && bad "--icount and --timed exclude each other"
+        mode=count && shift
+        ;;
+    --timed)
+        [[ "$mode" == count ]] && bad "--icount and --timed exclude each other"
+        mode=timed && shift
         ;;
     --quick) quick=1 && shift ;;
     --verbose) verbose=1 && shift ;;
@@ -95,32 +141,104 @@ while (($#)); do
         extra=("$@")
         break
         ;;
-    *)
-        hb_say "unknown option '$1' (the kernel command line goes after --; see --help)"
-        exit 2
-        ;;
+    *) bad "unknown option '$1' (the kernel command line goes after --; see --help)" ;;
     esac
 done
 
-[[ "$smp" =~ ^[1-9][0-9]*$ ]] || {
-    hb_say "--smp must be a positive number, not '$smp'"
-    exit 2
-}
+# ---- every option is checked here, before anything is built ----
+[[ "$smp" =~ ^[1-9][0-9]{0,3}$ ]] || bad "--smp must be a number from 1 to 9999, not '$smp'"
+case "$machine" in microvm | pc | q35) ;; *) bad "--machine must be microvm, pc or q35, not '$machine'" ;; esac
+case "$accel" in auto | tcg | kvm) ;; *) bad "--accel must be auto, tcg or kvm, not '$accel'" ;; esac
+[[ "$mem" =~ ^[1-9][0-9]{0,6}[KMGT]?$ ]] || bad "--mem must look like 512M or 1G, not '$mem'"
 if [[ -z "$timeout" ]]; then
     timeout=1800
     ((quick)) && timeout=600
 fi
-[[ "$timeout" =~ ^[0-9]+$ ]] || {
-    hb_say "--timeout must be whole seconds, not '$timeout'"
-    exit 2
-}
-if [[ -n "$from_log" && ! -r "$from_log" ]]; then
-    hb_say "--from-log: cannot read '$from_log'"
-    exit 2
+# A week at most: beyond that the shell's arithmetic on microseconds
+# overflows, and no benchmark boot takes a week.
+[[ "$timeout" =~ ^[1-9][0-9]{0,5}$ && "$timeout" -le 604800 ]] ||
+    bad "--timeout must be whole seconds from 1 to 604800, not '$timeout'"
+if [[ -n "$runs" ]]; then
+    [[ "$runs" =~ ^[1-9][0-9]?$ ]] || bad "--runs must be a number from 1 to 99, not '$runs'"
 fi
+if [[ "$vmm" == ch || "$accel" == kvm ]]; then
+    what="--accel kvm"
+    [[ "$vmm" == ch ]] && what="--ch"
+    [[ "$mode" == count ]] && bad "--icount needs QEMU TCG (it counts instructions only when it translates them); $what cannot count"
+fi
+if [[ "$vmm" == ch ]]; then
+    [[ "$machine" != microvm ]] && bad "--machine is a QEMU option; cloud-hypervisor has one machine"
+    [[ "$accel" == tcg ]] && bad "--accel tcg is a QEMU option; cloud-hypervisor runs on KVM"
+    ch_bin="${ch_path:-${CLOUD_HYPERVISOR:-}}"
+    if [[ -z "$ch_bin" ]]; then
+        ch_bin="$(command -v cloud-hypervisor || true)"
+        [[ -n "$ch_bin" ]] || bad "--ch: no cloud-hypervisor on PATH and no \$CLOUD_HYPERVISOR; give its path: --ch PATH"
+    fi
+    [[ -f "$ch_bin" && -x "$ch_bin" ]] || bad "--ch: '$ch_bin' is not an executable file"
+fi
+if [[ ("$vmm" == ch || "$accel" == kvm) && "$mode" == both ]]; then
+    # Only TCG counts: a KVM or cloud-hypervisor run is timed only.
+    hb_say "$what: timed boots only (counting needs QEMU TCG)"
+    mode=timed
+fi
+# The timed boots run single-threaded TCG unless HB_TCG_THREAD=multi asks
+# otherwise. With one host thread per vCPU, every cross-vCPU wait (a
+# shootdown's acknowledgement) lasts until the host schedules the other
+# thread: on a busy 2-core machine one boot's workload suite took 385 s
+# instead of 3, and the figures measured the host's scheduler. One thread
+# gives figures that do not depend on how many cores the host has or how
+# busy they are; host.json records the choice.
+tcg_thread="${HB_TCG_THREAD:-single}"
+case "$tcg_thread" in single | multi) ;; *) bad "HB_TCG_THREAD must be single or multi, not '$tcg_thread'" ;; esac
+if [[ -n "$kernel" && ! -f "$kernel" ]]; then
+    bad "--kernel: no file '$kernel'"
+fi
+# --from-log: every log readable, a directory's logs and host.json found.
+logs_in=()
+host_in=""
+for f in "${from_logs[@]}"; do
+    if [[ -d "$f" ]]; then
+        found=0
+        for l in "$f"/serial-*.log "$f"/serial.log; do
+            [[ -f "$l" ]] || continue
+            logs_in+=("$l")
+            found=1
+        done
+        ((found)) || bad "--from-log: the directory '$f' holds no serial-*.log or serial.log"
+        [[ -f "$f/host.json" ]] && host_in="$f/host.json"
+    elif [[ -r "$f" && -f "$f" ]]; then
+        logs_in+=("$f")
+        # A log of a results directory: its host.json describes it.
+        if [[ -z "$host_in" && "$(basename "$f")" == serial-*.log && -f "$(dirname "$f")/host.json" ]]; then
+            host_in="$(dirname "$f")/host.json"
+        fi
+    else
+        bad "--from-log: cannot read '$f'"
+    fi
+done
+if ((${#logs_in[@]})); then
+    [[ ${#extra[@]} -eq 0 ]] || bad "--from-log does not boot, so a kernel command line (after --) has nothing to apply to"
+fi
+for w in "${extra[@]}"; do
+    [[ "$w" =~ ^[A-Za-z0-9_.,:=/-]+$ ]] || bad "the kernel command line word '$w' has characters the kernel does not accept"
+done
+if [[ -z "$runs" ]]; then
+    if [[ "$mode" == count ]] || ((quick)); then runs=1; else runs=3; fi
+fi
+counting=0
+timed=0
+case "$mode" in
+count) counting="$runs" ;;
+timed) timed="$runs" ;;
+both)
+    counting=1
+    timed="$runs"
+    ;;
+esac
+
 label="$machine"
 [[ "$vmm" == ch ]] && label=ch
-[[ -n "$from_log" ]] && label="${label}-fromlog"
+((${#logs_in[@]})) && label=fromlog
 
 cd "$root"
 
@@ -135,123 +253,268 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 hbreport="$target_dir/debug/hbreport"
 
 # ---- the results directory ----
+# Everything is written into a staging directory beside the final one and
+# moved into place at the end, so a run that fails never leaves something
+# that looks like a finished results directory.
+chose_name=0
 if [[ -z "$out" ]]; then
     suffix=""
     ((quick)) && suffix="-quick"
     out="$root/results/$(date -u +%Y%m%d-%H%M%S)-${label}-smp${smp}${suffix}"
+    # Saved logs say their own vCPUs; the name does not guess them.
+    ((${#logs_in[@]})) && out="$root/results/$(date -u +%Y%m%d-%H%M%S)-fromlog"
+    chose_name=1
 fi
-mkdir -p "$out"
-serial="$out/serial.log"
+mkdir -p "$(dirname "$out")"
+stage="$(mktemp -d "$(dirname "$out")/.$(basename "$out").partial.XXXXXX")"
+cleanup_stage() {
+    if [[ -n "${stage:-}" && -d "$stage" ]]; then rm -rf "$stage"; fi
+    return 0
+}
+trap 'cleanup_stage; vm_on_signal' INT TERM
+trap cleanup_stage EXIT
+run_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+started_us="$(hb_now_us)"
 
-# Reads the guest's serial stream on stdin and shows the HB progress
-# records as a progress line on stderr (rewritten in place on a terminal,
-# one line per event otherwise, e.g. in CI logs).
+# The files bench.sh writes: cleared from an existing --out before the new
+# ones move in, so no earlier run's boot survives into this report.
+ARTEFACTS=(report.md results.json results.csv benchmark.json host.json FAILED 'serial-*.log' 'run-*.log' '*.svg' serial.log run.log)
+
+# Moves the staged files into $1 (created if missing).
+publish() {
+    local dest="$1" f
+    mkdir -p "$dest"
+    for f in "${ARTEFACTS[@]}"; do
+        # shellcheck disable=SC2086 # the globs are meant
+        (cd "$dest" && rm -f -- $f)
+    done
+    mv "$stage"/* "$dest"/ 2>/dev/null || true
+    rm -rf "$stage"
+}
+
+# Marks the run failed: the logs and a FAILED file, no report unless one was
+# made, in $out (given by the caller) or <name>-FAILED (chosen here).
+fail() {
+    local rc="$1"
+    shift
+    hb_say "FAILED: $*"
+    echo "$*" >"$stage/FAILED"
+    local dest="$out"
+    if ((chose_name)); then
+        dest="${out}-FAILED"
+    fi
+    publish "$dest"
+    hb_say "the logs are in $dest"
+    exit "$rc"
+}
+
+# Reads the guest's serial stream on stdin and prints, each on its own
+# line, where the run is: the boot, the suite, wall-clock time since the run
+# began and the guest's own time (instructions, when counting).
 show_progress() {
-    local line suite state secs figures=0 current="booting" start=$SECONDS tty=0 re_p re_s
-    [[ -t 2 ]] && tty=1
+    local tag="$1" kind="$2" line suite state secs figures=0 re_p re_s wall guest
     re_p='"event" *: *"progress"'
     re_s='"suite" *: *"([^"]*)".*"state" *: *"([^"]*)"'
     say_progress() {
-        local msg
-        msg="$(printf 'bench: [%4d s] %-32s %4d figures' $((SECONDS - start)) "$1" "$figures")"
-        if ((tty)); then
-            printf '\r\033[K%s' "$msg" >&2
-        else
-            echo "$msg" >&2
-        fi
+        wall=$((($(hb_now_us) - started_us) / 1000000))
+        hb_say "[wall ${wall} s] $tag: $1"
     }
-    say_progress "$current"
+    say_progress "booting"
     while IFS= read -r line; do
         line="${line%$'\r'}"
         if [[ "$line" == "HB "* ]]; then
             if [[ "$line" =~ $re_p ]] && [[ "$line" =~ $re_s ]]; then
                 suite="${BASH_REMATCH[1]}"
                 state="${BASH_REMATCH[2]}"
-                secs="$(sed -nE 's/.*"seconds" *: *([0-9.]+).*/\1/p' <<<"$line")"
                 if [[ "$state" == start ]]; then
-                    current="suite $suite running"
+                    say_progress "suite $suite running ($figures figures so far)"
                 else
-                    [[ -n "$secs" ]] && secs="$(printf '%.1f' "$secs")"
-                    current="suite $suite done${secs:+ in $secs s}"
+                    secs="$(sed -nE 's/.*"seconds" *: *([0-9.]+).*/\1/p' <<<"$line")"
+                    guest=""
+                    if [[ -n "$secs" ]]; then
+                        if [[ "$kind" == count ]]; then
+                            # Under icount the guest's clock runs at 1 GHz of
+                            # instructions: its seconds are 1e9 instructions.
+                            guest=", $(awk -v s="$secs" 'BEGIN { printf "%.1f", s * 1000 }') M guest instructions"
+                        else
+                            guest=", $(printf '%.1f' "$secs") s of guest time"
+                        fi
+                    fi
+                    say_progress "suite $suite done$guest ($figures figures so far)"
                 fi
-                say_progress "$current"
-            elif [[ "$line" == *'"event":"result"'* || "$line" =~ \"event\"\ *:\ *\"result\" ]]; then
+            elif [[ "$line" =~ \"event\"\ *:\ *\"result\" ]]; then
                 figures=$((figures + 1))
-                ((tty)) && say_progress "$current"
             elif [[ "$line" =~ \"event\"\ *:\ *\"exit\" ]]; then
-                current="guest finished"
-                say_progress "$current"
+                say_progress "guest finished ($figures figures)"
             fi
         elif ((verbose)); then
-            ((tty)) && printf '\r\033[K' >&2
             echo "$line" >&2
         fi
     done
-    ((tty)) && echo >&2
     return 0
 }
 
-# ---- the boot ----
+# The guest's own error lines in a serial log, for the failure message.
+guest_errors() {
+    tr -d '\r' <"$1" | grep -aE '^\[cpu[0-9]+\] ERROR |^!!! ' | head -n 5 || true
+}
+
+# ---- the boots ----
+logs=()
 vmm_rc=0
-if [[ -n "$from_log" ]]; then
-    hb_say "no boot: reporting on $from_log"
-    if [[ "$(realpath "$from_log")" != "$(realpath -m "$serial")" ]]; then
-        cp "$from_log" "$serial"
-    fi
+if ((${#logs_in[@]})); then
+    for f in "${logs_in[@]}"; do
+        name="$(basename "$f")"
+        [[ -e "$stage/$name" ]] && name="$(basename "$(dirname "$f")")-$name"
+        cp -- "$f" "$stage/$name"
+        logs+=("$stage/$name")
+    done
+    [[ -n "$host_in" ]] && cp -- "$host_in" "$stage/host.json"
+    hb_say "no boot: reporting on ${#logs[@]} saved log(s)${host_in:+ and their host.json}"
 else
     if [[ -z "$kernel" ]]; then
-        kernel="$(scripts/build.sh)"
+        if ! kernel="$(scripts/build.sh)"; then
+            fail 1 "the kernel did not build (the build's errors are above)"
+        fi
     fi
     cmdline=(run=bench)
     ((quick)) && cmdline+=(quick)
     cmdline+=("${extra[@]}")
-    if [[ "$vmm" == ch ]]; then
-        run=(scripts/run-ch.sh)
-        [[ -n "$ch_path" ]] && run+=(--ch "$ch_path")
-        run+=(--smp "$smp" --mem "$mem")
-        accel=kvm
-    else
-        run=(scripts/run-qemu.sh --machine "$machine" --accel "$accel" --smp "$smp" --mem "$mem")
+    total=$((counting + timed))
+    i=0
+    boot_one() {
+        local kind="$1" n="$2" serial runlog rc run
+        i=$((i + 1))
+        serial="$stage/serial-$kind-$n.log"
+        runlog="$stage/run-$kind-$n.log"
+        if [[ "$vmm" == ch ]]; then
+            run=(scripts/run-ch.sh --ch "$ch_bin" --smp "$smp" --mem "$mem")
+        else
+            run=(scripts/run-qemu.sh --machine "$machine" --smp "$smp" --mem "$mem")
+            if [[ "$kind" == count ]]; then
+                run+=(--icount)
+            else
+                run+=(--accel "$accel")
+            fi
+        fi
+        run+=(--kernel "$kernel" --timeout "$timeout" --log "$serial" -- "${cmdline[@]}")
+        hb_say "boot $i/$total ($([[ "$kind" == count ]] && echo counting || echo timed)): $(hb_show "${run[@]}")"
+        # The VMM script's messages go to stderr and into run-*.log; its
+        # stdout is the serial stream, which feeds the progress lines.
+        set +e
+        if [[ "$kind" == count ]]; then
+            env -u HB_TCG_THREAD "${run[@]}" 2> >(tee "$runlog" >&2) |
+                show_progress "boot $i/$total (counting)" count
+        else
+            HB_TCG_THREAD="$tcg_thread" "${run[@]}" 2> >(tee "$runlog" >&2) |
+                show_progress "boot $i/$total (timed)" timed
+        fi
+        rc=${PIPESTATUS[0]}
+        set -e
+        logs+=("$serial")
+        # run-qemu.sh names the accelerator it chose in its closing line:
+        # "guest exit status 0 (isa-debug-exit, tcg, 12.34 s)". Later timed
+        # boots use the same one.
+        if [[ "$kind" == timed && "$accel" == auto ]]; then
+            sleep 0.2 # let tee finish writing the run log
+            local chosen
+            chosen="$(sed -nE 's/.*guest exit status .*, (tcg|kvm), [0-9.]+ s\)$/\1/p' "$runlog" | tail -n 1)"
+            [[ -n "$chosen" ]] && accel="$chosen"
+        fi
+        return "$rc"
+    }
+    for ((n = 1; n <= counting; n++)); do
+        boot_one count "$n" || vmm_rc=$?
+        ((vmm_rc == 0)) || break
+    done
+    if ((vmm_rc == 0)); then
+        for ((n = 1; n <= timed; n++)); do
+            boot_one timed "$n" || vmm_rc=$?
+            ((vmm_rc == 0)) || break
+        done
     fi
-    run+=(--kernel "$kernel" --timeout "$timeout" --log "$serial" -- "${cmdline[@]}")
-    hb_say "$(hb_show "${run[@]}")"
-    # The VMM script's own messages go to stderr and into run.log; its
-    # stdout is the serial stream, which feeds the progress line.
-    set +e
-    "${run[@]}" 2> >(tee "$out/run.log" >&2) | show_progress
-    vmm_rc=${PIPESTATUS[0]}
-    set -e
-    # run-qemu.sh names the accelerator it chose in its closing line:
-    # "guest exit status 0 (isa-debug-exit, tcg, 12.34 s)".
-    if [[ "$accel" == auto ]]; then
-        sleep 0.2 # let tee finish writing run.log
-        chosen="$(sed -nE 's/.*guest exit status .*\([^,]*, (tcg|kvm), .*/\1/p' "$out/run.log" | tail -n 1)"
-        accel="${chosen:-auto}"
-    fi
+    [[ "$vmm" == ch ]] && accel=kvm
+    host_args=(--out "$stage/host.json" --vmm "$([[ "$vmm" == ch ]] && echo cloud-hypervisor || echo qemu)"
+        --smp "$smp" --mem "$mem" --date "$run_date" --repo "$root" --machine "$label")
+    [[ "$vmm" == ch ]] && host_args+=(--vmm-binary "$ch_bin")
+    ((timed)) && host_args+=(--accel "$accel")
+    ((timed)) && [[ "$accel" == tcg ]] && host_args+=(--tcg-thread "$tcg_thread")
+    "$hbreport" host "${host_args[@]}" >/dev/null
     if ((vmm_rc != 0)); then
-        hb_say "the guest run failed (status $vmm_rc); its serial log is $serial"
+        last="${logs[${#logs[@]} - 1]}"
+        hb_say "boot ${#logs[@]} failed (status $vmm_rc); its serial log is $(basename "$last")"
+        msg=""
+        [[ -f "$last" ]] && msg="$(guest_errors "$last")"
+        if [[ -n "$msg" ]]; then
+            hb_say "the guest said:"
+            sed 's/^/    /' <<<"$msg" >&2
+        fi
     fi
 fi
 
 # ---- the report ----
-if [[ ! -s "$serial" ]]; then
-    hb_say "FAILED: the guest printed nothing, so there is no report to make"
-    ((vmm_rc != 0)) && exit "$vmm_rc"
-    exit 1
+have_figures=0
+for l in "${logs[@]}"; do
+    [[ -f "$l" ]] || continue
+    if (($(hb_count "$l" '^HB \{.*"event" *: *"result"') > 0)); then
+        have_figures=1
+    fi
+done
+if ((!have_figures)); then
+    why="no boot printed a figure"
+    for l in "${logs[@]}"; do
+        [[ -f "$l" ]] || continue
+        msg="$(guest_errors "$l" | head -n 1)"
+        if [[ -n "$msg" ]]; then
+            why+="; the guest said: $msg"
+            break
+        elif [[ ! -s "$l" ]]; then
+            why+="; $(basename "$l") is empty"
+            break
+        fi
+    done
+    rc="$vmm_rc"
+    ((rc == 0)) && rc=1
+    fail "$rc" "$why"
 fi
-report_args=("$serial" --out "$out" --accel "$accel" --machine "$label")
+report_args=(report "${logs[@]}" --out "$stage")
+[[ -f "$stage/host.json" ]] && report_args+=(--host "$stage/host.json")
 ((quick)) && report_args+=(--strict --check)
-hb_say "$(hb_show "$hbreport" "${report_args[@]}")"
 set +e
-"$hbreport" "${report_args[@]}"
+"$hbreport" "${report_args[@]}" >/dev/null
 report_rc=$?
 set -e
+if ((report_rc != 0)) && [[ ! -f "$stage/report.md" ]]; then
+    rc="$vmm_rc"
+    ((rc == 0)) && rc=1
+    fail "$rc" "the report could not be made (hbreport's message is above)"
+fi
 
+# With saved logs, the guests' own verdicts decide: a log whose guest failed
+# or never finished is not a successful run, even though it has a report.
+if ((${#logs_in[@]})); then
+    for l in "${logs[@]}"; do
+        st="$(hb_exit_status "$l")"
+        if [[ -z "$st" ]]; then
+            fail 125 "$(basename "$l") has no HB exit record: that guest did not finish (the report is in the directory)"
+        elif ((st != 0)); then
+            rc="$st"
+            ((rc > 0 && rc < 124)) || rc=1
+            fail "$rc" "$(basename "$l"): the guest exited with status $st (the report is in the directory)"
+        fi
+    done
+fi
 if ((vmm_rc != 0)); then
-    exit "$vmm_rc"
+    fail "$vmm_rc" "boot ${#logs[@]} failed with status $vmm_rc (the report covers the boots that ran)"
 fi
 if ((report_rc != 0)); then
-    hb_say "FAILED: the report could not be made, or a check failed (hbreport's message is above)"
-    exit 1
+    fail 1 "a check failed (hbreport's messages are above; the report is in the directory)"
 fi
-hb_say "results in $out"
+publish "$out"
+stage=""
+if ((${#logs_in[@]})); then
+    hb_say "done: a report on ${#logs[@]} saved log(s)"
+else
+    hb_say "done in $((($(hb_now_us) - started_us) / 1000000)) s of wall-clock time: $counting counting and $timed timed boot(s)"
+fi
+echo "$out/report.md"

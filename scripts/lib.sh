@@ -95,8 +95,10 @@ vm_run() {
     VM_PID=$!
     if ((stream)); then
         # -s 0.1: tail notices the VMM's exit (--pid) within 0.1 s, and prints
-        # what is left in the file before it quits.
-        tail -n +1 -s 0.1 -f --pid="$VM_PID" "$serial" 2>/dev/null | tr -d '\r' &
+        # what is left in the file before it quits. sed -u, not tr: tr
+        # buffers its output when it writes to a pipe, so a reader (bench.sh's
+        # progress lines) got the guest's lines in bursts, long after.
+        tail -n +1 -s 0.1 -f --pid="$VM_PID" "$serial" 2>/dev/null | sed -u 's/\r//g' &
         tail_pid=$!
     fi
 

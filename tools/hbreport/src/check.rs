@@ -1,20 +1,28 @@
-//! `--check`: what CI requires of a benchmark run besides a report. Issue 4
-//! asks the quick run in CI to show that every suite printed parseable
-//! `result` lines and that each workload's checksum is the same under both
-//! backends. Times are never checked.
+//! `--check`: what CI requires of a benchmark run besides a report. Every
+//! boot must have printed parseable `result` lines for every suite it was
+//! asked to run (all of them, or the one `suite=` named), each workload's
+//! checksum must be the same under both backends, the guest must have
+//! exited 0, and a counted figure must be the same in every counting boot
+//! (the determinism the counting mode promises). Times are never checked.
 
 use crate::log::{Log, Query};
+use crate::summary::Summary;
 
 /// The suites `run=bench` runs (the kernel's bench::run).
 pub const SUITES: &[&str] = &["exits", "mm", "cpu", "smp", "workload"];
 
-/// Every problem found, one sentence each; empty when the run passes.
+/// Every problem of one boot's log, one sentence each; empty when it passes.
 pub fn check(log: &Log) -> Vec<String> {
     let mut problems = Vec::new();
     for k in &log.skipped {
         problems.push(k.to_string());
     }
-    for suite in SUITES {
+    // `suite=NAME` runs one suite; the guest itself refuses an unknown one.
+    let wanted: Vec<&str> = match log.cmdline_key("suite") {
+        Some(one) => vec![one],
+        None => SUITES.to_vec(),
+    };
+    for suite in wanted {
         if log.suite(suite).next().is_none() {
             problems.push(format!("suite {suite} printed no result line"));
         }
@@ -51,6 +59,45 @@ pub fn check(log: &Log) -> Vec<String> {
         Some(0) => {}
         Some(s) => problems.push(format!("the guest exited with status {s}")),
         None => problems.push("the log has no HB exit record".into()),
+    }
+    problems
+}
+
+/// Every boot's problems (named by its log when there are several), and
+/// every counted figure that differs between counting boots.
+pub fn check_all(s: &Summary) -> Vec<String> {
+    let mut problems = Vec::new();
+    let many = s.boots.len() > 1;
+    for b in &s.boots {
+        for p in check(&b.log) {
+            problems.push(if many { format!("{}: {p}", b.file) } else { p });
+        }
+    }
+    for a in s.counted_differences() {
+        let per_boot: Vec<String> = a
+            .boots
+            .iter()
+            .zip(&a.values)
+            .map(|(b, v)| format!("{} {v}", s.boots[*b].file))
+            .collect();
+        problems.push(format!(
+            "counted figure {} differs between counting boots ({}): the guest is not deterministic",
+            a.key.id(),
+            per_boot.join(", ")
+        ));
+    }
+    // The two kinds must agree on the data too.
+    for a in s.suite_any("workload") {
+        let mut sums: Vec<&str> = a.checksums.iter().flatten().map(String::as_str).collect();
+        sums.dedup_by(|x, y| x.eq_ignore_ascii_case(y));
+        if sums.len() > 1 {
+            problems.push(format!(
+                "workload {} ({}): checksums differ between boots ({})",
+                a.key.name,
+                a.key.backend,
+                sums.join(", ")
+            ));
+        }
     }
     problems
 }

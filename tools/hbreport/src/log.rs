@@ -22,13 +22,32 @@ pub const PREFIX: &str = "HB ";
 /// kernel's `bench::SCHEMA`).
 pub const SCHEMA: u64 = 2;
 
+/// The most vCPUs a figure may claim. KVM's x86 `KVM_MAX_VCPUS` is 4096
+/// (arch/x86/include/asm/kvm_host.h since Linux 5.15); a larger count is a
+/// corrupt record, and would make the vCPU axis of a plot unbounded.
+pub const MAX_VCPUS: u64 = 4096;
+
+/// The largest batch a figure may claim: far above any ring (the kernel's
+/// holds 256 entries), low enough that a log2 axis stays a few dozen steps.
+pub const MAX_BATCH: u64 = 1 << 32;
+
+/// How many guest error lines a log keeps (the first ones: later errors
+/// are usually consequences).
+const GUEST_ERRORS_MAX: usize = 20;
+
 /// Why a log cannot be used.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {
     /// Strict mode: the `HB` line at `line` (1-based) is malformed.
     Malformed { line: usize, reason: String },
     /// The log holds no `result` record: there is nothing to report.
-    NoResults { hb_lines: usize },
+    /// `guest_errors` are the guest's own error lines, which say why.
+    NoResults {
+        hb_lines: usize,
+        guest_errors: Vec<String>,
+        /// The first HB line skipped as malformed, when one was.
+        first_skipped: Option<String>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -37,11 +56,21 @@ impl fmt::Display for Error {
             Error::Malformed { line, reason } => {
                 write!(f, "line {line}: malformed HB record: {reason}")
             }
-            Error::NoResults { hb_lines } => write!(
-                f,
-                "the log holds no HB result record ({hb_lines} HB lines in all): \
-                 did the guest run with run=bench?"
-            ),
+            Error::NoResults {
+                hb_lines,
+                guest_errors,
+                first_skipped,
+            } => {
+                write!(
+                    f,
+                    "the log holds no HB result record ({hb_lines} HB lines in all)"
+                )?;
+                match (guest_errors.first(), first_skipped) {
+                    (Some(e), _) => write!(f, "; the guest said: {e}"),
+                    (None, Some(k)) => write!(f, "; {k}"),
+                    (None, None) => write!(f, ": did the guest run with run=bench?"),
+                }
+            }
         }
     }
 }
@@ -116,42 +145,51 @@ pub struct Figure {
 }
 
 impl Figure {
-    /// `ops * reps`: what the counters are totals over.
+    /// `ops * reps`: what the counters are totals over. [`Figure::check`]
+    /// refuses a record whose product overflows, so this never saturates
+    /// on a parsed figure; it saturates rather than wraps on a built one.
     pub fn measured_ops(&self) -> u64 {
-        self.ops * self.reps
+        self.ops.saturating_mul(self.reps)
     }
 
-    /// A counter divided by the measured operations.
-    pub fn per(&self, pick: impl Fn(&Counters) -> u64) -> Option<f64> {
+    /// A counter divided by the measured operations. The pick returns f64
+    /// so that sums of counters near u64::MAX cannot overflow.
+    pub fn per(&self, pick: impl Fn(&Counters) -> f64) -> Option<f64> {
         self.counters
             .as_ref()
-            .map(|c| pick(c) as f64 / self.measured_ops() as f64)
+            .map(|c| pick(c) / self.measured_ops() as f64)
     }
 
     /// Privileged operations per operation: the guest's figure when it sent
     /// one, else the sum the kernel uses (`queue::Counters::privileged`).
     pub fn privileged_per_op(&self) -> Option<f64> {
         self.events_per_op.map(|p| p.privileged).or_else(|| {
-            self.per(|c| c.pte_writes + c.invlpg + c.full_flushes + c.cr_writes + c.ipis)
+            self.per(|c| {
+                c.pte_writes as f64
+                    + c.invlpg as f64
+                    + c.full_flushes as f64
+                    + c.cr_writes as f64
+                    + c.ipis as f64
+            })
         })
     }
 
     pub fn flushes_per_op(&self) -> Option<f64> {
         self.events_per_op
             .map(|p| p.flushes)
-            .or_else(|| self.per(|c| c.flushes))
+            .or_else(|| self.per(|c| c.flushes as f64))
     }
 
     pub fn invalidations_per_op(&self) -> Option<f64> {
         self.events_per_op
             .map(|p| p.invalidations)
-            .or_else(|| self.per(|c| c.invlpg + c.full_flushes))
+            .or_else(|| self.per(|c| c.invlpg as f64 + c.full_flushes as f64))
     }
 
     pub fn ipis_per_op(&self) -> Option<f64> {
         self.events_per_op
             .map(|p| p.ipis)
-            .or_else(|| self.per(|c| c.ipis))
+            .or_else(|| self.per(|c| c.ipis as f64))
     }
 
     fn check(&self) -> Result<(), String> {
@@ -167,9 +205,21 @@ impl Figure {
                 self.ops, self.reps
             ));
         }
+        if self.ops.checked_mul(self.reps).is_none() {
+            return Err(format!(
+                "ops={} reps={}: ops × reps overflows a 64-bit count",
+                self.ops, self.reps
+            ));
+        }
         if self.batch == 0 || self.vcpus == 0 {
             return Err(format!(
                 "batch={} vcpus={}: both must be at least 1",
+                self.batch, self.vcpus
+            ));
+        }
+        if self.batch > MAX_BATCH || self.vcpus > MAX_VCPUS {
+            return Err(format!(
+                "batch={} vcpus={}: at most {MAX_BATCH} and {MAX_VCPUS}",
                 self.batch, self.vcpus
             ));
         }
@@ -180,12 +230,26 @@ impl Figure {
             ));
         }
         let ns = self.ns_per_op.iter();
+        let extremes = [
+            ("per_op.min", self.per_op.min),
+            ("per_op.max", self.per_op.max),
+        ];
+        let events = self.events_per_op.iter().flat_map(|e| {
+            [
+                ("events_per_op.flushes", e.flushes),
+                ("events_per_op.privileged", e.privileged),
+                ("events_per_op.invalidations", e.invalidations),
+                ("events_per_op.ipis", e.ipis),
+            ]
+        });
         for (field, v) in [
             ("per_op.median", self.per_op.median),
             ("per_op.p99", self.per_op.p99),
         ]
         .into_iter()
         .chain(ns.flat_map(|n| [("ns_per_op.median", n.median), ("ns_per_op.p99", n.p99)]))
+        .chain(extremes.into_iter().filter_map(|(f, v)| v.map(|v| (f, v))))
+        .chain(events)
         {
             if !v.is_finite() || v < 0.0 {
                 return Err(format!("{field} is {v}, not a count"));
@@ -276,6 +340,24 @@ pub struct Log {
     pub skipped: Vec<Skipped>,
     /// Lines in the log, `HB` or not.
     pub lines: usize,
+    /// The guest's own error lines (`[cpuN] ERROR ...`, `!!! cpuN
+    /// panicked: ...`), the first few, as printed: they say why a run failed.
+    pub guest_errors: Vec<String>,
+}
+
+/// Whether a prose line is one of the guest's error reports: the kernel's
+/// log backend prints `[cpuN] ERROR message`, its panic handler `!!! ...`.
+fn is_guest_error(line: &str) -> bool {
+    if line.starts_with("!!! ") {
+        return true;
+    }
+    let Some(rest) = line.strip_prefix("[cpu") else {
+        return false;
+    };
+    let Some((cpu, msg)) = rest.split_once("] ") else {
+        return false;
+    };
+    !cpu.is_empty() && cpu.bytes().all(|b| b.is_ascii_digit()) && msg.starts_with("ERROR")
 }
 
 /// How many characters of a bad line a warning keeps.
@@ -290,6 +372,10 @@ pub fn parse(text: &str, strict: bool) -> Result<Log, Error> {
         // QEMU's file chardev keeps the guest's \r\n.
         let raw = raw.trim_end_matches('\r');
         let Some(json) = raw.strip_prefix(PREFIX) else {
+            if log.guest_errors.len() < GUEST_ERRORS_MAX && is_guest_error(raw) {
+                log.guest_errors
+                    .push(raw.chars().take(SKIPPED_TEXT_MAX).collect());
+            }
             continue;
         };
         match parse_record(line, json) {
@@ -304,6 +390,8 @@ pub fn parse(text: &str, strict: bool) -> Result<Log, Error> {
     if log.figures().next().is_none() {
         return Err(Error::NoResults {
             hb_lines: log.records.len() + log.skipped.len(),
+            first_skipped: log.skipped.first().map(|k| k.to_string()),
+            guest_errors: log.guest_errors,
         });
     }
     Ok(log)
@@ -320,6 +408,18 @@ fn parse_record(line: usize, json: &str) -> Result<Record, String> {
     let typed = |what: &str| format!("{what} record: ");
     let kind = match event.as_str() {
         "result" => {
+            // serde reads a JSON array as a struct's fields in order, so
+            // `"counters":[1,2,3]` would pass as counters: refuse it.
+            for key in ["per_op", "ns_per_op", "counters", "events_per_op"] {
+                match value.get(key) {
+                    None | Some(Value::Null) | Some(Value::Object(_)) => {}
+                    Some(other) => {
+                        return Err(
+                            typed("result") + &format!("\"{key}\" is {other}, not an object")
+                        )
+                    }
+                }
+            }
             let fig: Figure = serde_json::from_value(value.clone())
                 .map_err(|e| typed("result") + &e.to_string())?;
             fig.check().map_err(|e| typed("result") + &e)?;
@@ -368,6 +468,27 @@ impl Log {
             Kind::Env(e) => Some(e.as_ref()),
             _ => None,
         })
+    }
+
+    /// The last `boot` record, as the guest wrote it.
+    pub fn boot(&self) -> Option<&Value> {
+        self.records
+            .iter()
+            .rev()
+            .find(|r| r.event == "boot")
+            .map(|r| &r.value)
+    }
+
+    /// The kernel command line the guest reports in its `boot` record.
+    pub fn cmdline(&self) -> Option<&str> {
+        self.boot()?.get("cmdline")?.as_str()
+    }
+
+    /// The value of `key=value` on the guest's command line.
+    pub fn cmdline_key(&self, key: &str) -> Option<&str> {
+        self.cmdline()?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
     }
 
     /// The status of the last `exit` record.

@@ -9,9 +9,15 @@
 //! that is not a transition (the stores themselves, cache and TLB misses,
 //! the queue's bookkeeping), and it assumes the guest issues the same
 //! operations there as here. The report labels it so.
+//!
+//! The counts come from a counting boot when the run has one (the counters
+//! are exact and the same in every counting boot), else from the timed
+//! boots. Column (a) needs timed `exits` figures: an instruction count is
+//! not a cost, so a counting-only run leaves (a) unknown.
 
-use crate::log::{Figure, Log, Query};
+use crate::log::{Figure, Query};
 use crate::reference::{self, Cycles, Op, Platform};
+use crate::summary::{FigKind, Summary};
 
 /// One column: where the per-operation costs come from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,17 +111,21 @@ pub struct MeasuredCosts {
 }
 
 impl MeasuredCosts {
-    pub fn from_log(log: &Log) -> MeasuredCosts {
+    /// The timed `exits` medians across boots.
+    pub fn from_summary(s: &Summary) -> MeasuredCosts {
         let by_op = Op::ALL
             .iter()
             .filter_map(|op| {
                 op.exit_names().iter().find_map(|name| {
-                    log.find(&Query {
-                        suite: Some("exits"),
-                        name: Some(name),
-                        ..Query::default()
-                    })
-                    .map(|f| (*op, f.per_op.median))
+                    s.find(
+                        &Query {
+                            suite: Some("exits"),
+                            name: Some(name),
+                            ..Query::default()
+                        },
+                        FigKind::Timed,
+                    )
+                    .map(|a| (*op, a.median))
                 })
             })
             .collect();
@@ -178,7 +188,8 @@ pub struct Row {
     pub backend: String,
     pub batch: u64,
     pub counts: OpCounts,
-    pub measured_cycles: f64,
+    /// The timed median across boots, when the run has timed boots.
+    pub measured_cycles: Option<f64>,
     /// In the order of [`Column::all`].
     pub projected: Vec<Projected>,
 }
@@ -191,13 +202,19 @@ pub struct Projection {
     pub rows: Vec<Row>,
 }
 
-pub fn project(log: &Log) -> Projection {
-    let measured = MeasuredCosts::from_log(log);
+pub fn project(s: &Summary) -> Projection {
+    let measured = MeasuredCosts::from_summary(s);
     let columns = Column::all();
-    let rows = log
-        .suite("mm")
-        .filter_map(|f| {
-            let counts = OpCounts::of(f)?;
+    // One row per mm figure: the counted one when the run has it.
+    let kind = if s.suite("mm", FigKind::Counted).next().is_some() {
+        FigKind::Counted
+    } else {
+        FigKind::Timed
+    };
+    let rows = s
+        .suite("mm", kind)
+        .filter_map(|a| {
+            let counts = OpCounts::of(&s.counters_source(a).fig)?;
             let projected = columns
                 .iter()
                 .map(|col| match col {
@@ -206,11 +223,11 @@ pub fn project(log: &Log) -> Projection {
                 })
                 .collect();
             Some(Row {
-                name: f.name.clone(),
-                backend: f.backend.clone(),
-                batch: f.batch,
+                name: a.key.name.clone(),
+                backend: a.key.backend.clone(),
+                batch: a.key.batch,
                 counts,
-                measured_cycles: f.per_op.median,
+                measured_cycles: s.twin(a, FigKind::Timed).map(|t| t.median),
                 projected,
             })
         })
