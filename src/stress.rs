@@ -11,6 +11,12 @@
 //! - **Private slots** ([`SLOTS`] of up to [`SLOT_PAGES`] pages): `map_anon`,
 //!   `unmap`, `protect`, `translate`, reads and writes, explicit flushes and
 //!   batch scopes (nested up to two deep).
+//! - **Large slots** (with `large`: [`LARGE_SLOTS`] of up to
+//!   [`LARGE_SLOT_PAGES`] 2 MiB pages, in a region of their own): the same
+//!   operations through the `_2m` calls; a read checks the page's first
+//!   word and a 4 KiB page inside it, which must read as zeroes while
+//!   mapped and fault once the unmap is flushed, since one TLB entry
+//!   covers them all.
 //! - **Shared slots** ([`SHARED_SLOTS`] per worker): the owner maps frames it
 //!   signed itself with `map`, unmaps them, and frees the frames only after
 //!   the flush that made them unreachable (the caller's half of the
@@ -56,7 +62,7 @@ use crate::selftest::{detail, Detail};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hyperbatch::cmdline::{Backend, Config};
-use hyperbatch::mm::{Error, WINDOW_BASE};
+use hyperbatch::mm::{Error, PageSize, WINDOW_BASE};
 use hyperbatch::phys::PhysMemory;
 use hyperbatch::queue::Counters;
 use hyperbatch::sync::SpinLock;
@@ -74,6 +80,15 @@ const PAGE: u64 = 4096;
 
 const SLOTS: usize = 64;
 const SLOT_PAGES: usize = 4;
+/// `large`: private slots of 2 MiB pages, numbered after the 4 KiB ones,
+/// 2 GiB up (each vCPU's 16 MiB of them after the last).
+const LARGE_BASE: u64 = STRESS_BASE + (2 << 30);
+const LARGE_SLOTS: usize = 4;
+const LARGE_SLOT_PAGES: usize = 2;
+const LARGE_PAGE: u64 = 2 << 20;
+const LARGE_STRIDE: u64 = (LARGE_SLOTS * LARGE_SLOT_PAGES) as u64 * LARGE_PAGE;
+const ALL_SLOTS: usize = SLOTS + LARGE_SLOTS;
+const _: () = assert!(LARGE_SLOT_PAGES <= SLOT_PAGES && ALL_SLOTS <= 128);
 const SHARED_SLOTS: usize = 16;
 const SHARED_PAGES: usize = 2;
 
@@ -180,6 +195,8 @@ struct Params {
     alloc_fail_armed: bool,
     /// Log progress every this many operations (soak mode), 0 = never.
     progress_every: u64,
+    /// Large slots too (`large`).
+    large: bool,
 }
 
 static PARAMS: SpinLock<Params> = SpinLock::named(
@@ -191,6 +208,7 @@ static PARAMS: SpinLock<Params> = SpinLock::named(
         immediate: false,
         alloc_fail_armed: false,
         progress_every: 0,
+        large: false,
     },
 );
 static READY: AtomicU32 = AtomicU32::new(0);
@@ -207,6 +225,8 @@ static INJECTED: AtomicU64 = AtomicU64::new(0);
 struct Stats {
     ops: u64,
     maps: u64,
+    /// Of `maps`, those of 2 MiB pages.
+    large_maps: u64,
     unmaps: u64,
     protects: u64,
     translates: u64,
@@ -268,10 +288,11 @@ struct OwnedShared {
 }
 
 struct Model {
-    slots: [SlotModel; SLOTS],
+    /// The 4 KiB slots, then the large ones.
+    slots: [SlotModel; ALL_SLOTS],
     shared: [OwnedShared; SHARED_SLOTS],
     /// Private slots changed since the last flush (bit per slot).
-    dirty: u64,
+    dirty: u128,
     /// Shared slots changed since the last flush.
     shared_dirty: u64,
 }
@@ -286,7 +307,7 @@ impl Model {
             slots: [SlotModel {
                 pages: 0,
                 page: [page; SLOT_PAGES],
-            }; SLOTS],
+            }; ALL_SLOTS],
             shared: [OwnedShared {
                 gen: 0,
                 frames: [None; SHARED_PAGES],
@@ -305,10 +326,36 @@ impl Model {
 }
 
 fn private_va(cpu: usize, slot: usize, page: usize) -> u64 {
+    if is_large(slot) {
+        return LARGE_BASE
+            + cpu as u64 * LARGE_STRIDE
+            + ((slot - SLOTS) * LARGE_SLOT_PAGES) as u64 * LARGE_PAGE
+            + page as u64 * LARGE_PAGE;
+    }
     STRESS_BASE
         + cpu as u64 * REGION_STRIDE
         + (slot * SLOT_PAGES) as u64 * PAGE
         + page as u64 * PAGE
+}
+
+fn is_large(slot: usize) -> bool {
+    slot >= SLOTS
+}
+
+/// How many pages slot `slot` holds at most.
+fn slot_pages(slot: usize) -> usize {
+    if is_large(slot) {
+        LARGE_SLOT_PAGES
+    } else {
+        SLOT_PAGES
+    }
+}
+
+/// The 4 KiB page inside a large page that a read checks besides its first
+/// word, chosen by the operation count (no random number, so the sequence
+/// stays the seed's).
+fn inner_offset(ops: u64) -> u64 {
+    (1 + ops % (LARGE_PAGE / PAGE - 1)) * PAGE
 }
 
 fn shared_va(cpu: usize, slot: usize, page: usize) -> u64 {
@@ -387,6 +434,22 @@ impl Worker {
             watch_next: 0,
             depth: 0,
         }
+    }
+
+    /// Private slots in play: the large ones too with `large`.
+    fn slot_count(&self) -> usize {
+        if self.params.large {
+            ALL_SLOTS
+        } else {
+            SLOTS
+        }
+    }
+
+    /// A private slot in play, and a page in it, at random.
+    fn random_page(&mut self) -> (usize, usize) {
+        let s = self.rng.below(self.slot_count() as u64) as usize;
+        let i = self.rng.below(slot_pages(s) as u64) as usize;
+        (s, i)
     }
 
     fn note(&mut self, op: Op, a: u64, b: u64) {
@@ -529,14 +592,20 @@ impl Worker {
     }
 
     fn op_map(&mut self) {
-        let Some(s) = self.find_slot(SLOTS, Model::mappable) else {
+        let Some(s) = self.find_slot(self.slot_count(), Model::mappable) else {
             return self.op_access();
         };
-        let pages = 1 + self.rng.below(SLOT_PAGES as u64) as usize;
+        let pages = 1 + self.rng.below(slot_pages(s) as u64) as usize;
         self.note(Op::Map, s as u64, pages as u64);
         self.stats.maps += 1;
         let va = private_va(self.me, s, 0);
-        if let Err(e) = mm::map_anon(VirtAddr::new(va), pages as u64, Prot::READ_WRITE) {
+        let r = if is_large(s) {
+            self.stats.large_maps += 1;
+            mm::map_anon_2m(VirtAddr::new(va), pages as u64, Prot::READ_WRITE)
+        } else {
+            mm::map_anon(VirtAddr::new(va), pages as u64, Prot::READ_WRITE)
+        };
+        if let Err(e) = r {
             if !self.injected(&e) {
                 self.mismatch(format_args!("map_anon {va:#x} +{pages}: {e}"));
             }
@@ -554,7 +623,7 @@ impl Worker {
                 ..PageModel::default()
             };
         }
-        self.model.dirty |= 1 << s;
+        self.model.dirty |= 1u128 << s;
         // Now and then sign at once: the first touch of a pending map faults,
         // the mm flushes and retries, and the write must not fail. The other
         // pages are signed at the next flush (fewer flushes, fewer rounds).
@@ -564,14 +633,14 @@ impl Worker {
     }
 
     fn op_unmap(&mut self) {
-        let Some(s) = self.find_slot(SLOTS, |m, s| m.slots[s].pages != 0) else {
+        let Some(s) = self.find_slot(self.slot_count(), |m, s| m.slots[s].pages != 0) else {
             return self.op_access();
         };
         let pages = self.model.slots[s].pages;
         self.note(Op::Unmap, s as u64, pages as u64);
         self.stats.unmaps += 1;
         let va = private_va(self.me, s, 0);
-        if let Err(e) = mm::unmap(VirtAddr::new(va), pages as u64) {
+        if let Err(e) = unmap_slot(s, va, pages) {
             return self.mismatch(format_args!("unmap {va:#x} +{pages}: {e}"));
         }
         let immediate = self.params.immediate;
@@ -585,17 +654,20 @@ impl Worker {
                 ..PageModel::default()
             };
         }
-        self.model.dirty |= 1 << s;
+        self.model.dirty |= 1u128 << s;
         if immediate {
             // Applied, invalidated and shot down already: gone now.
             for i in 0..pages {
                 self.check_page(s, i);
+                if is_large(s) {
+                    self.check_page_at(s, i, inner_offset(self.stats.ops));
+                }
             }
         }
     }
 
     fn op_protect(&mut self) {
-        let Some(s) = self.find_slot(SLOTS, |m, s| m.slots[s].pages != 0) else {
+        let Some(s) = self.find_slot(self.slot_count(), |m, s| m.slots[s].pages != 0) else {
             return self.op_access();
         };
         let write = self.rng.chance(50);
@@ -604,7 +676,12 @@ impl Worker {
         self.stats.protects += 1;
         let va = private_va(self.me, s, 0);
         let prot = if write { Prot::READ_WRITE } else { Prot::READ };
-        if let Err(e) = mm::protect(VirtAddr::new(va), pages as u64, prot) {
+        let r = if is_large(s) {
+            mm::protect_2m(VirtAddr::new(va), pages as u64, prot)
+        } else {
+            mm::protect(VirtAddr::new(va), pages as u64, prot)
+        };
+        if let Err(e) = r {
             return self.mismatch(format_args!("protect {va:#x} +{pages}: {e}"));
         }
         let immediate = self.params.immediate;
@@ -612,12 +689,11 @@ impl Worker {
             p.write = write;
             p.settled = immediate;
         }
-        self.model.dirty |= 1 << s;
+        self.model.dirty |= 1u128 << s;
     }
 
     fn op_translate(&mut self) {
-        let s = self.rng.below(SLOTS as u64) as usize;
-        let i = self.rng.below(SLOT_PAGES as u64) as usize;
+        let (s, i) = self.random_page();
         self.note(Op::Translate, s as u64, i as u64);
         // Entries are written in place: the tables already hold every
         // change, settled or not, and translate flushes nothing.
@@ -641,12 +717,22 @@ impl Worker {
                 "{va:#x} (generation {gen}) has no translation"
             )),
             (Some(t), _) => {
-                let phys = t.phys.as_u64() & !(PAGE - 1);
+                let (size, page) = if is_large(s) {
+                    (PageSize::Large, LARGE_PAGE)
+                } else {
+                    (PageSize::Small, PAGE)
+                };
+                let phys = t.phys.as_u64() & !(page - 1);
                 let want = Prot {
                     write: m.write,
                     exec: false,
                 };
-                if t.prot != want || !t.owned {
+                if t.size != size {
+                    self.mismatch(format_args!(
+                        "{va:#x} translates as a {:?} page, the model says {size:?}",
+                        t.size
+                    ));
+                } else if t.prot != want || !t.owned {
                     self.mismatch(format_args!(
                         "{va:#x} translates with {:?} owned={}, the model says {want:?} owned",
                         t.prot, t.owned
@@ -663,12 +749,14 @@ impl Worker {
     }
 
     fn op_access(&mut self) {
-        let s = self.rng.below(SLOTS as u64) as usize;
-        let i = self.rng.below(SLOT_PAGES as u64) as usize;
+        let (s, i) = self.random_page();
         let write = self.rng.chance(30);
         self.note(Op::Access, (s * SLOT_PAGES + i) as u64, u64::from(write));
         self.stats.accesses += 1;
         self.check_page(s, i);
+        if is_large(s) {
+            self.check_page_at(s, i, inner_offset(self.stats.ops));
+        }
         if write {
             self.check_write(s, i);
         }
@@ -676,12 +764,24 @@ impl Worker {
 
     /// Reads private page `(s, i)` and checks the outcome against the model.
     fn check_page(&mut self, s: usize, i: usize) {
-        let va = private_va(self.me, s, i);
+        self.check_page_at(s, i, 0);
+    }
+
+    /// Reads private page `(s, i)` at byte `off` and checks the outcome
+    /// against the model: the signature is in the first word, and
+    /// everything else reads as zeroes (`map_anon`'s frames).
+    fn check_page_at(&mut self, s: usize, i: usize, off: u64) {
+        let base = private_va(self.me, s, i);
+        let va = base + off;
         let m = self.model.slots[s].page[i];
         let r = probe_read(VirtAddr::new(va));
         match (r, m.gen) {
             (Ok(v), gen) if gen != 0 => {
-                let want = if m.signed { sig(va, gen) } else { 0 };
+                let want = if m.signed && off == 0 {
+                    sig(va, gen)
+                } else {
+                    0
+                };
                 if v != want {
                     self.mismatch(format_args!(
                         "{va:#x} read {v:#x}, expected {want:#x} (generation {gen}{})",
@@ -709,7 +809,7 @@ impl Worker {
             (Ok(v), _) => {
                 // The unmap is pending: the old page may still show, and
                 // nothing else may.
-                let old = if m.stale_signed {
+                let old = if m.stale_signed && off == 0 {
                     sig(va, m.stale_gen)
                 } else {
                     0
@@ -957,8 +1057,8 @@ impl Worker {
     /// frames whose unmap is now complete.
     fn settled(&mut self) {
         let dirty = core::mem::take(&mut self.model.dirty);
-        for s in (0..SLOTS).filter(|s| dirty & (1 << s) != 0) {
-            for i in 0..SLOT_PAGES {
+        for s in (0..ALL_SLOTS).filter(|s| dirty & (1u128 << s) != 0) {
+            for i in 0..slot_pages(s) {
                 let p = &mut self.model.slots[s].page[i];
                 let was_stale = p.gen == 0 && !p.settled && p.stale_gen != 0;
                 let unsigned = p.gen != 0 && !p.signed && p.write;
@@ -969,13 +1069,17 @@ impl Worker {
                     self.check_write(s, i);
                 }
                 if was_stale {
-                    // A translation that should be gone: the read must fault.
+                    // A translation that should be gone: the read must fault
+                    // (inside a large page too: one TLB entry covers it).
                     self.check_page(s, i);
+                    if is_large(s) {
+                        self.check_page_at(s, i, inner_offset(self.stats.ops));
+                    }
                     self.model.slots[s].page[i].stale_gen = 0;
                 }
             }
         }
-        for s in 0..SLOTS {
+        for s in 0..ALL_SLOTS {
             for p in &mut self.model.slots[s].page {
                 p.settled = true;
                 p.stale_gen = 0;
@@ -1020,11 +1124,11 @@ impl Worker {
     /// Unmaps everything, flushes and releases the shared frames, so the
     /// leak check sees every frame back.
     fn finish(&mut self) {
-        for s in 0..SLOTS {
+        for s in 0..ALL_SLOTS {
             let pages = self.model.slots[s].pages;
             if pages != 0 {
                 let va = private_va(self.me, s, 0);
-                if let Err(e) = mm::unmap(VirtAddr::new(va), pages as u64) {
+                if let Err(e) = unmap_slot(s, va, pages) {
                     self.mismatch(format_args!("final unmap {va:#x}: {e}"));
                 }
                 for p in &mut self.model.slots[s].page[..pages] {
@@ -1035,7 +1139,7 @@ impl Worker {
                     };
                 }
                 self.model.slots[s].pages = 0;
-                self.model.dirty |= 1 << s;
+                self.model.dirty |= 1u128 << s;
             }
         }
         for k in 0..SHARED_SLOTS {
@@ -1051,6 +1155,15 @@ impl Worker {
         mm::flush();
         self.stats.flushes += 1;
         self.settled();
+    }
+}
+
+/// Unmaps the `pages` pages of private slot `s`, at `va`, in its page size.
+fn unmap_slot(s: usize, va: u64, pages: usize) -> Result<(), Error> {
+    if is_large(s) {
+        mm::unmap_2m(VirtAddr::new(va), pages as u64)
+    } else {
+        mm::unmap(VirtAddr::new(va), pages as u64)
     }
 }
 
@@ -1145,6 +1258,7 @@ pub fn run(config: &Config<'_>) -> u32 {
         online,
         immediate: mm::backend() == Backend::Immediate,
         alloc_fail_armed: config.fail_alloc_at.is_some(),
+        large: config.large,
         progress_every: if config.soak || total >= 1_000_000 {
             (total / workers.max(1) / 10).max(1)
         } else {
@@ -1152,12 +1266,17 @@ pub fn run(config: &Config<'_>) -> u32 {
         },
     };
     log::info!(
-        "stress: seed {:#x}, {} operations on each of {} vCPUs ({:#x}), pv={}{}",
+        "stress: seed {:#x}, {} operations on each of {} vCPUs ({:#x}), pv={}{}{}",
         params.seed,
         params.ops_per_cpu,
         workers,
         online,
         mm::backend().as_str(),
+        if params.large {
+            ", with 2 MiB pages"
+        } else {
+            ""
+        },
         if config.no_shootdown {
             ", NO SHOOTDOWN (fault injection)"
         } else {
@@ -1279,6 +1398,8 @@ pub fn run(config: &Config<'_>) -> u32 {
             .str("pv", mm::backend().as_str())?
             .u64("cpus", workers)?
             .u64("ops", sum.ops)?
+            .bool("large", params.large)?
+            .u64("large_maps", sum.large_maps)?
             .u64("ms", ms)?
             .u64("stress_flushes", sum.flushes)?
             .u64("batches", sum.batches)?
@@ -1365,6 +1486,7 @@ fn wait_workers(mask: u64) -> Result<(), Detail> {
 fn add(sum: &mut Stats, s: &Stats) {
     sum.ops += s.ops;
     sum.maps += s.maps;
+    sum.large_maps += s.large_maps;
     sum.unmaps += s.unmaps;
     sum.protects += s.protects;
     sum.translates += s.translates;
@@ -1388,6 +1510,7 @@ fn print_stats(cpu: usize, s: &Stats) {
         r.u64("cpu", cpu as u64)?
             .u64("ops", s.ops)?
             .u64("maps", s.maps)?
+            .u64("large_maps", s.large_maps)?
             .u64("unmaps", s.unmaps)?
             .u64("protects", s.protects)?
             .u64("translates", s.translates)?

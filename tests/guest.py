@@ -226,6 +226,14 @@ MATRIX: list[Config] = [
            must_events=("stress_summary",), env=(("HB_TCG_THREAD", "multi"),)),
     Config("q35",     8,   "run=stress seed=3 ops=8000", timeout=120,
            must_events=("stress_summary",)),
+    # Issue 14: with 2 MiB private slots beside the 4 KiB ones, at 4 vCPUs
+    # under both backends, and at 2 in multi-threaded TCG.
+    Config("microvm", 4,   "run=stress large seed=3 ops=100000 pv=batched", timeout=180,
+           must_events=("stress_summary",)),
+    Config("q35",     4,   "run=stress large seed=4 ops=100000 pv=immediate", timeout=180,
+           must_events=("stress_summary",)),
+    Config("microvm", 2,   "run=stress large seed=7 ops=20000", timeout=180,
+           must_events=("stress_summary",), env=(("HB_TCG_THREAD", "multi"),)),
     # Issue 10: multi-threaded TCG (a host thread per vCPU, so vCPUs really
     # run at once and the per-table locks and marks race) at 2, 3 and 4
     # vCPUs, two seeds each, both backends; 0 mismatches in every one.

@@ -164,6 +164,9 @@ pub struct Config<'a> {
     /// `soak` or `soak=0|1`: a long stress run (millions of operations
     /// unless `ops=` says otherwise), with progress lines.
     pub soak: bool,
+    /// `large` or `large=0|1`: in `run=stress`, each vCPU also maps,
+    /// unmaps and protects private slots of 2 MiB pages.
+    pub large: bool,
     /// `inject=`: a deliberate fault in the boot path.
     pub inject: Option<Inject>,
     /// `deaf_cpu=`: in `run=stress`, this vCPU (by index, 0 is the boot
@@ -192,6 +195,7 @@ impl Default for Config<'_> {
             skip_cpu: None,
             no_shootdown: false,
             soak: false,
+            large: false,
             inject: None,
             deaf_cpu: None,
             icount: false,
@@ -371,6 +375,17 @@ pub const KEYS: &[Key] = &[
         set: |c, v| match v {
             "0" => Some(Config { soak: false, ..c }),
             "1" => Some(Config { soak: true, ..c }),
+            _ => None,
+        },
+    },
+    Key {
+        name: "large",
+        expected: "0 or 1 (or a bare large)",
+        bare: Some("1"),
+        runs: &[Run::Stress],
+        set: |c, v| match v {
+            "0" => Some(Config { large: false, ..c }),
+            "1" => Some(Config { large: true, ..c }),
             _ => None,
         },
     },
@@ -627,7 +642,7 @@ mod tests {
             (c.test, c.suite, c.ops, c.fail_alloc_at, c.skip_cpu),
             (None, None, None, None, None)
         );
-        assert!(!c.soak && !c.no_shootdown);
+        assert!(!c.soak && !c.large && !c.no_shootdown);
         assert_eq!((c.inject, c.deaf_cpu), (None, None));
         assert!(!c.icount);
     }
@@ -635,7 +650,7 @@ mod tests {
     #[test]
     fn every_key_parses() {
         let line = "run=stress pv=immediate seed=0x1F ops=1000 log=debug fail_alloc_at=17 \
-                    skip_cpu=1 no_shootdown soak inject=madt_checksum deaf_cpu=3 icount";
+                    skip_cpu=1 no_shootdown soak large inject=madt_checksum deaf_cpu=3 icount";
         assert_eq!(
             parse(line).unwrap(),
             Config {
@@ -648,6 +663,7 @@ mod tests {
                 skip_cpu: Some(1),
                 no_shootdown: true,
                 soak: true,
+                large: true,
                 inject: Some(Inject::MadtChecksum),
                 deaf_cpu: Some(3),
                 icount: true,
