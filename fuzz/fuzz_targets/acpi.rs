@@ -82,7 +82,7 @@ struct Layout {
 
 impl Layout {
     fn place(&mut self, b: &[u8]) -> usize {
-        while self.bytes.len() % 16 != 0 {
+        while !self.bytes.len().is_multiple_of(16) {
             self.bytes.push(0);
         }
         let at = self.bytes.len();

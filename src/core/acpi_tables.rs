@@ -76,6 +76,14 @@ const MADT_LAPIC_ONLINE_CAPABLE: u32 = 1 << 1;
 
 const FACS_MIN_LEN: u32 = 64;
 
+/// The FADT's PM1_CNT_LEN byte (ACPI 6.5, table 5.9).
+const FADT_PM1_CNT_LEN: usize = 89;
+/// The `acpi` crate computes the PM1 control block's bit width as
+/// `PM1_CNT_LEN * 8` in a `u8`, which overflows from 32 up: a panic where
+/// overflow checks are on, a wrong width where not. The block is 2 bytes
+/// on every platform (ACPI 6.5, 4.8.3.2.1); found by fuzz/ (acpi target).
+const FADT_PM1_CNT_LEN_MAX: u8 = 31;
+
 const SIG_RSDT: [u8; 4] = *b"RSDT";
 const SIG_XSDT: [u8; 4] = *b"XSDT";
 const SIG_MADT: [u8; 4] = *b"APIC";
@@ -164,6 +172,12 @@ pub enum Error {
     /// `what` holds a value that is not a valid physical address.
     BadAddress {
         what: &'static str,
+        addr: u64,
+    },
+    /// A FADT field holds a value the kernel cannot use.
+    BadFadtField {
+        field: &'static str,
+        value: u64,
         addr: u64,
     },
     /// The `acpi` crate refused a table that [`discover`] accepted.
@@ -264,6 +278,10 @@ impl fmt::Display for Error {
             Error::BadAddress { what, addr } => {
                 write!(f, "ACPI: {what} {addr:#x} is not a valid physical address")
             }
+            Error::BadFadtField { field, value, addr } => write!(
+                f,
+                "ACPI: FADT at {addr:#x} has {field} = {value}, which no platform has"
+            ),
             Error::Library { table, reason } => {
                 write!(f, "ACPI: the acpi crate rejected {}: {reason}", Sig(&table))
             }
@@ -527,6 +545,14 @@ impl FadtCopy {
         let mut copy = FadtCopy([0; size_of::<Fadt>()]);
         let n = table.len().min(copy.0.len());
         copy.0[..n].copy_from_slice(&table[..n]);
+        let pm1_cnt_len = copy.0[FADT_PM1_CNT_LEN];
+        if pm1_cnt_len > FADT_PM1_CNT_LEN_MAX {
+            return Err(Error::BadFadtField {
+                field: "PM1_CNT_LEN",
+                value: u64::from(pm1_cnt_len),
+                addr: t.start.as_u64(),
+            });
+        }
         Ok(copy)
     }
 
@@ -1929,6 +1955,39 @@ mod tests {
             pkg(&[0x05, 0x02, 0x0a, 0x08, 0x00]),
             Err("\\_S5 sleep type does not fit the 3-bit SLP_TYP field")
         );
+    }
+
+    #[test]
+    fn a_pm1_control_length_the_crate_cannot_multiply_is_refused() {
+        // Found by the acpi fuzz target (its input is in
+        // fuzz/regressions/acpi/): the crate's pm1a_control_block computes
+        // PM1_CNT_LEN * 8 in a u8 and panicked on overflow.
+        let with_len = |len: u8| {
+            let ram = machine(&pm1_fadt_spec(), QEMU_S5);
+            let mut t = fadt(&pm1_fadt_spec());
+            t[FADT_PM1_CNT_LEN] = len;
+            fix_checksum(&mut t, 9);
+            ram.write(FADT, &t);
+            ram
+        };
+        let ram = with_len(32);
+        let err = discover(&ram, PhysAddr::new(RSDP)).unwrap_err();
+        assert_eq!(
+            err,
+            Error::BadFadtField {
+                field: "PM1_CNT_LEN",
+                value: 32,
+                addr: FADT
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("ACPI: FADT at {FADT:#x} has PM1_CNT_LEN = 32, which no platform has")
+        );
+        // 31 still parses, into a poweroff the kernel can use.
+        let ram = with_len(31);
+        let tables = discover(&ram, PhysAddr::new(RSDP)).unwrap();
+        assert!(parse(&ram, &tables).unwrap().poweroff.is_some());
     }
 
     #[test]
