@@ -30,6 +30,7 @@ use crate::memory::FRAMES;
 use crate::mm::{self, Protection as Prot};
 use crate::platform::Host;
 use crate::{console, println};
+use atomic_refcell::{AtomicRefCell, AtomicRefMut};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hyperbatch::cmdline::{Backend, Config};
 use hyperbatch::hb::{self, Object};
@@ -503,23 +504,36 @@ pub fn batch_sizes() -> impl Iterator<Item = u64> {
         .take_while(|&b| b <= RING_CAPACITY as u64)
 }
 
+/// The frames of a [`Pool`]: static, because 4,096 of them are 32 KiB, too
+/// much to move around on a kernel stack. One pool is alive at a time.
+static POOL_FRAMES: AtomicRefCell<heapless::Vec<PhysFrame, 4096>> =
+    AtomicRefCell::new(heapless::Vec::new());
+
 /// A pool of frames the benchmarks map with `mm::map` (so no zeroing is timed).
 struct Pool {
-    frames: heapless::Vec<PhysFrame, 4096>,
+    frames: AtomicRefMut<'static, heapless::Vec<PhysFrame, 4096>>,
 }
 
 impl Pool {
     fn new(n: u64) -> Result<Pool, &'static str> {
-        let mut frames = heapless::Vec::new();
+        let frames = POOL_FRAMES
+            .try_borrow_mut()
+            .map_err(|_| "a benchmark frame pool is already in use")?;
+        // Built first, so a failure below gives back what was taken.
+        let mut pool = Pool { frames };
         let mut g = FRAMES.lock();
         let a = g.as_mut().ok_or("no frame allocator")?;
         for _ in 0..n {
             let f = a
                 .alloc()
                 .map_err(|_| "out of frames for the benchmark pool")?;
-            frames.push(f).map_err(|_| "pool too large")?;
+            if pool.frames.push(f).is_err() {
+                let _ = a.free(f);
+                return Err("pool too large");
+            }
         }
-        Ok(Pool { frames })
+        drop(g);
+        Ok(pool)
     }
 }
 
