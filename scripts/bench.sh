@@ -190,6 +190,14 @@ fi
 # busy they are; host.json records the choice.
 tcg_thread="${HB_TCG_THREAD:-single}"
 case "$tcg_thread" in single | multi) ;; *) bad "HB_TCG_THREAD must be single or multi, not '$tcg_thread'" ;; esac
+# An existing --out must be a results directory (its files are replaced) or
+# empty: never clear the .svg and .log files of some other directory.
+if [[ -n "$out" && -e "$out" ]]; then
+    [[ -d "$out" ]] || bad "--out: '$out' exists and is not a directory"
+    if [[ -n "$(ls -A "$out")" && ! -e "$out/report.md" && ! -e "$out/host.json" && ! -e "$out/FAILED" ]]; then
+        bad "--out: '$out' is neither empty nor a results directory (no report.md, host.json or FAILED); choose a new directory"
+    fi
+fi
 if [[ -n "$kernel" && ! -f "$kernel" ]]; then
     bad "--kernel: no file '$kernel'"
 fi

@@ -100,6 +100,16 @@ else
     bad "bad HB_TCG_THREAD: exit $rc" "$work/err.txt"
 fi
 
+# --out on a directory that is not a results directory: refused, untouched.
+mkdir -p "$work/mine"
+echo "keep me" >"$work/mine/picture.svg"
+expect "--out on someone else's directory" 2 "is neither empty nor a results directory" -- --out mine
+if [[ "$(cat "$work/mine/picture.svg")" == "keep me" ]]; then
+    ok "--out left the other directory's files alone"
+else
+    bad "--out touched another directory's files"
+fi
+
 # ---- every --help example is a command that parses ----
 help="$("$bench" --help)"
 grep -q "scripts/bench.sh --quick -- suite=mm" <<<"$help" && ok "--help shows its examples" ||
