@@ -352,12 +352,27 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
         ("scale", scale::suite),
         ("workload", workload::suite),
     ];
-    let mut ran = 0;
+    // `suite=` names one suite or several, separated by commas; every name
+    // must be one, checked before anything runs.
+    if let Some(list) = config.suite {
+        if let Some(bad) = list
+            .split(',')
+            .find(|w| !suites.iter().any(|(name, _)| name == w))
+        {
+            log::error!(
+                "no benchmark suite is named {bad:?} (exits, mm, cpu, smp, scale, workload; \
+                 several separated by commas)"
+            );
+            return crate::arch::x86_64::power::EXIT_FAILURE;
+        }
+    }
     for (name, suite) in suites {
-        if config.suite.is_some_and(|s| s != name) {
+        if config
+            .suite
+            .is_some_and(|s| !s.split(',').any(|w| w == name))
+        {
             continue;
         }
-        ran += 1;
         progress(name, "start", 0.0);
         println!("\n== {name}");
         let t0 = tsc::rdtsc();
@@ -371,13 +386,6 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
         }
     }
     mm::set_backend(config.pv);
-    if ran == 0 {
-        log::error!(
-            "no benchmark suite is named {:?} (exits, mm, cpu, smp, scale, workload)",
-            config.suite.unwrap_or("")
-        );
-        return crate::arch::x86_64::power::EXIT_FAILURE;
-    }
     crate::arch::x86_64::power::EXIT_SUCCESS
 }
 

@@ -295,7 +295,7 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "suite",
-        expected: "a suite name",
+        expected: "a suite name, or several separated by commas",
         bare: None,
         runs: &[Run::Bench],
         set: |c, v| {
