@@ -183,9 +183,7 @@ extern "C" fn bsp_main() -> ! {
     // Counted from here, so that the injected failure hits the job, not the
     // start-up of the other CPUs.
     if let Some(n) = config.fail_alloc_at {
-        if let Some(f) = memory::FRAMES.lock().as_mut() {
-            f.set_fail_after(Some(n));
-        }
+        mm::set_alloc_failure(Some(n));
     }
     let status = run(&config, &host);
     power::exit(status)

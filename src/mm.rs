@@ -26,8 +26,9 @@ use hyperbatch::mm::{
     WINDOW_TABLES,
 };
 use hyperbatch::paging::TableAlloc;
+use hyperbatch::phys::PhysMemory;
 use hyperbatch::queue::{Counters, Cr, Invalidation, Queue, Trigger};
-use hyperbatch::sync::Once;
+use hyperbatch::sync::{Once, SpinLock};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::structures::paging::{Page, PhysFrame, Size2MiB};
 use x86_64::VirtAddr;
@@ -202,7 +203,97 @@ impl Mmu for KernelMmu {
     }
 }
 
-/// The frame allocator, one lock per call.
+/// Frames a vCPU keeps for its own `map_anon`s and releases, so that the
+/// hot path takes no lock another vCPU takes (Linux's per-CPU page lists do
+/// the same for its page allocator). It refills and drains in batches under
+/// the global allocator's lock. Owner only, except that others may look in
+/// (`free_frames`, `frame_allocated`), so each cache has its own lock.
+const CACHE_MAX: usize = 64;
+const CACHE_BATCH: usize = 32;
+type FrameCache = heapless::Vec<PhysFrame, CACHE_MAX>;
+static CACHE: CpuSlots<SpinLock<FrameCache>> =
+    CpuSlots::new([const { SpinLock::named("mm frame cache", heapless::Vec::new()) }; MAX_CPUS]);
+
+/// Set while an allocation failure is armed (fault injection): the caches
+/// are bypassed then, so the failure lands on exactly the allocation it
+/// counts to.
+static FAILURE_ARMED: AtomicBool = AtomicBool::new(false);
+
+/// Arms the allocator to fail its `n`th allocation from now (`None`
+/// disarms): fault injection for the tests and `fail_alloc_at`. Until
+/// disarmed, the mm allocates straight from the allocator.
+pub fn set_alloc_failure(n: Option<u64>) {
+    FAILURE_ARMED.store(n.is_some(), Ordering::Release);
+    if let Some(f) = FRAMES.lock().as_mut() {
+        f.set_fail_after(n);
+    }
+}
+
+/// Takes a frame from this vCPU's cache, refilling it from the allocator
+/// when empty. `None` when the cache is in use by the interrupted code (an
+/// IPI handler on this vCPU), and when the allocator is empty too.
+fn cache_take() -> Option<Option<PhysFrame>> {
+    let mut c = CACHE.mine().try_lock()?;
+    if c.is_empty() {
+        let mut g = FRAMES.lock();
+        let a = g.as_mut()?;
+        while c.len() < CACHE_BATCH {
+            match a.alloc() {
+                Ok(f) => {
+                    let _ = c.push(f);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    Some(c.pop())
+}
+
+/// Gives a frame back into this vCPU's cache, returning half of a full one
+/// to the allocator first. False when the cache is in use (then the caller
+/// frees to the allocator).
+fn cache_give(frame: PhysFrame) -> bool {
+    let Some(mut c) = CACHE.mine().try_lock() else {
+        return false;
+    };
+    if c.is_full() {
+        let mut g = FRAMES.lock();
+        let Some(a) = g.as_mut() else { return false };
+        for _ in 0..CACHE_MAX - CACHE_BATCH {
+            if let Some(f) = c.pop() {
+                free_to_allocator(a, f);
+            }
+        }
+    }
+    let _ = c.push(frame);
+    true
+}
+
+/// Returns every frame of this vCPU's cache to the allocator: when it goes
+/// idle, and when another vCPU ran out.
+pub fn drain_frame_cache() {
+    let Some(mut c) = CACHE.mine().try_lock() else {
+        return;
+    };
+    if c.is_empty() {
+        return;
+    }
+    let mut g = FRAMES.lock();
+    if let Some(a) = g.as_mut() {
+        while let Some(f) = c.pop() {
+            free_to_allocator(a, f);
+        }
+    }
+}
+
+fn free_to_allocator(a: &mut hyperbatch::frames::FrameAllocator, f: PhysFrame) {
+    if let Err(e) = a.free(f) {
+        log::error!("mm released a frame the allocator refused: {e}");
+    }
+}
+
+/// The frame source behind the core: this vCPU's cache for 4 KiB frames,
+/// the allocator (one lock per call) for tables and 2 MiB frames.
 struct KernelFrames;
 
 // SAFETY: forwards to the kernel's frame allocator, which hands out each
@@ -213,10 +304,25 @@ unsafe impl TableAlloc for KernelFrames {
     }
 }
 
-// SAFETY: as above; `alloc_zeroed` hands out frames nobody else holds.
+// SAFETY: as above; a cached frame is one the allocator handed out and
+// nobody else holds, zeroed here before it goes out.
 unsafe impl Frames for KernelFrames {
     fn alloc_zeroed(&mut self) -> Option<PhysFrame> {
-        FRAMES.lock().as_mut()?.alloc_zeroed(&Identity).ok()
+        let cached = if FAILURE_ARMED.load(Ordering::Relaxed) {
+            None
+        } else {
+            cache_take()
+        };
+        match cached {
+            Some(f) => {
+                let f = f?;
+                let p = Identity.ptr(f.start_address(), 4096)?;
+                // SAFETY: a frame only this vCPU holds, identity-mapped.
+                unsafe { p.write_bytes(0, 4096) };
+                Some(f)
+            }
+            None => FRAMES.lock().as_mut()?.alloc_zeroed(&Identity).ok(),
+        }
     }
 
     fn reclaim(&mut self) -> bool {
@@ -224,9 +330,9 @@ unsafe impl Frames for KernelFrames {
     }
 
     fn free(&mut self, frame: PhysFrame) {
-        if let Some(f) = FRAMES.lock().as_mut() {
-            if let Err(e) = f.free(frame) {
-                log::error!("mm released a frame the allocator refused: {e}");
+        if !cache_give(frame) {
+            if let Some(a) = FRAMES.lock().as_mut() {
+                free_to_allocator(a, frame);
             }
         }
     }
@@ -322,6 +428,7 @@ static FLUSH_REQUESTS: AtomicU64 = AtomicU64::new(0);
 #[cold]
 fn honour_request(m: &mut Mm<'_, 'static, Identity, KernelFrames, KernelMmu>, me: usize) {
     m.flush(Trigger::Request);
+    drain_frame_cache();
     FLUSH_REQUESTS.fetch_and(!(1 << me), Ordering::AcqRel);
 }
 
@@ -329,11 +436,12 @@ fn honour_request(m: &mut Mm<'_, 'static, Identity, KernelFrames, KernelMmu>, me
 /// asked to flush (they flush at the end of it).
 const RECLAIM_WAIT_US: u64 = 100_000;
 
-/// The frames other vCPUs' queues hold for release: asks every other
-/// running vCPU to flush, by IPI, and returns once each has (or will at the
-/// end of the mm call it is in, which is waited for). An idle vCPU has
-/// nothing queued: it flushed before going idle. Returns true if a retry is
-/// worth it.
+/// The frames other vCPUs hold: asks every other running vCPU by IPI to
+/// flush its queue and hand over its cached frames, then frees what they
+/// handed over into the allocator. A vCPU inside an mm call when asked
+/// flushes at its end, which is waited for, up to [`RECLAIM_WAIT_US`]. An
+/// idle vCPU holds nothing: it flushed and drained when its work ended.
+/// Returns true if a retry is worth it.
 fn reclaim_from_others() -> bool {
     let others = smp::tlb_targets();
     if others == 0 {
@@ -349,12 +457,109 @@ fn reclaim_from_others() -> bool {
             // Still inside an mm call (a long range): its frames come back
             // when it ends, not now.
             FLUSH_REQUESTS.fetch_and(!others, Ordering::AcqRel);
-            return true;
+            break;
         }
         smp::serve_mailbox();
         core::hint::spin_loop();
     }
+    let mut rest = others;
+    while rest != 0 {
+        let cpu = rest.trailing_zeros() as usize;
+        rest &= rest - 1;
+        let (small, large) = {
+            let mut h = HANDOFF.of(cpu).lock();
+            (core::mem::take(&mut h.small), core::mem::take(&mut h.large))
+        };
+        let mut g = FRAMES.lock();
+        if let Some(a) = g.as_mut() {
+            // SAFETY: the lists hold frames the handler released, linked
+            // through their first words by `handoff`, and nothing else.
+            unsafe {
+                each_linked(small, |f| free_to_allocator(a, f));
+                each_linked(large, |f| {
+                    if let Err(e) = a.free_2m(PhysFrame::containing_address(f.start_address())) {
+                        log::error!("mm released a 2 MiB frame the allocator refused: {e}");
+                    }
+                });
+            }
+        }
+    }
     true
+}
+
+/// Free frames a vCPU's request handler hands to the vCPU that asked,
+/// linked through their first word (they are free: nothing else uses
+/// them). The handler must not take the allocator's lock, which the code it
+/// interrupted may hold or be queued for; this lock is only ever held for a
+/// push or for taking the lists.
+#[derive(Default)]
+struct Handoff {
+    small: u64,
+    large: u64,
+}
+
+static HANDOFF: CpuSlots<SpinLock<Handoff>> = CpuSlots::new(
+    [const { SpinLock::named("mm frame hand-off", Handoff { small: 0, large: 0 }) }; MAX_CPUS],
+);
+
+/// Puts a free frame on this vCPU's hand-off list (`large`: a 2 MiB one).
+fn handoff(frame: PhysFrame, large: bool) {
+    let mut h = HANDOFF.mine().lock();
+    let head = if large { &mut h.large } else { &mut h.small };
+    let p = Identity
+        .ptr(frame.start_address(), 8)
+        .expect("RAM is identity-mapped") as *mut u64;
+    // SAFETY: a frame the mm just released (free memory nobody else
+    // uses), identity-mapped; its first word holds the list's link.
+    unsafe { p.write(*head) };
+    *head = frame.start_address().as_u64();
+}
+
+/// Calls `f` for every frame of a list `handoff` built.
+///
+/// # Safety
+/// `head` must start such a list, taken off its hand-off slot.
+unsafe fn each_linked(mut head: u64, mut f: impl FnMut(PhysFrame)) {
+    while head != 0 {
+        let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(head));
+        let p = Identity
+            .ptr(frame.start_address(), 8)
+            .expect("RAM is identity-mapped") as *const u64;
+        // SAFETY: the caller's list: each frame's first word links the next.
+        head = unsafe { p.read() };
+        f(frame);
+    }
+}
+
+/// The frame source of a flush inside a request handler: what the flush
+/// releases goes to the hand-off list, and nothing is allocated (a flush
+/// allocates nothing).
+struct HandoffFrames;
+
+// SAFETY: hands out no frame at all.
+unsafe impl TableAlloc for HandoffFrames {
+    fn alloc_table(&mut self) -> Option<PhysFrame> {
+        None
+    }
+}
+
+// SAFETY: as above; releases go to the hand-off list.
+unsafe impl Frames for HandoffFrames {
+    fn alloc_zeroed(&mut self) -> Option<PhysFrame> {
+        None
+    }
+
+    fn free(&mut self, frame: PhysFrame) {
+        handoff(frame, false);
+    }
+
+    fn alloc_zeroed_2m(&mut self) -> Option<PhysFrame<Size2MiB>> {
+        None
+    }
+
+    fn free_2m(&mut self, frame: PhysFrame<Size2MiB>) {
+        handoff(PhysFrame::containing_address(frame.start_address()), true);
+    }
 }
 
 /// A request to flush, in the target's IPI handler. The queue is this
@@ -362,6 +567,8 @@ fn reclaim_from_others() -> bool {
 /// that call's end flushes, see `with_mm`), and the flush may send its own
 /// shootdown unless the interrupted code is itself waiting for
 /// acknowledgements (then it is inside the mm too, or about to return).
+/// What it releases, and the frames of this vCPU's cache unless the
+/// interrupted code is using it, go to the hand-off list.
 fn flush_request_handler(_: u64) {
     let me = percpu::cpu_index();
     if smp::in_call() {
@@ -372,10 +579,15 @@ fn flush_request_handler(_: u64) {
             window: window(),
             queue: &mut queue,
             me,
-            frames: &mut KernelFrames,
+            frames: &mut HandoffFrames,
             mmu: &mut KernelMmu,
         };
         m.flush(Trigger::Request);
+        if let Some(mut c) = CACHE.mine().try_lock() {
+            while let Some(f) = c.pop() {
+                handoff(f, false);
+            }
+        }
         FLUSH_REQUESTS.fetch_and(!(1 << me), Ordering::AcqRel);
     }
 }
@@ -396,6 +608,7 @@ pub fn idle() {
         };
         m.flush(Trigger::Idle);
     }
+    drain_frame_cache();
     FLUSH_REQUESTS.fetch_and(!(1 << me), Ordering::AcqRel);
 }
 
@@ -579,17 +792,22 @@ pub fn table_pages() -> u64 {
     window().table_pages()
 }
 
-/// Frames currently free in the allocator.
+/// Frames free: in the allocator, and in every vCPU's cache.
 pub fn free_frames() -> u64 {
-    FRAMES.lock().as_ref().map_or(0, |f| f.free_frames())
+    let cached: u64 = (0..MAX_CPUS)
+        .map(|cpu| CACHE.of(cpu).lock().len() as u64)
+        .sum();
+    FRAMES.lock().as_ref().map_or(0, |f| f.free_frames()) + cached
 }
 
-/// True while `frame` is allocated (not handed out again).
+/// True while `frame` is allocated: the allocator handed it out and it is
+/// in no vCPU's cache of free frames.
 pub fn frame_allocated(frame: PhysFrame) -> bool {
-    FRAMES
+    let allocated = FRAMES
         .lock()
         .as_ref()
-        .is_some_and(|f| f.is_allocated(frame))
+        .is_some_and(|f| f.is_allocated(frame));
+    allocated && (0..MAX_CPUS).all(|cpu| !CACHE.of(cpu).lock().contains(&frame))
 }
 
 /// Records waiting in this vCPU's queue.

@@ -8,7 +8,6 @@
 
 use super::{detail, Detail};
 use crate::arch::x86_64::interrupts::{probe_read, probe_write};
-use crate::memory::FRAMES;
 use crate::mm::{self, Protection as Prot};
 use hyperbatch::cmdline::Backend;
 use hyperbatch::mm::{Error, WINDOW_BASE};
@@ -29,9 +28,7 @@ fn fail(e: Error) -> Detail {
 }
 
 fn fail_after(n: Option<u64>) {
-    if let Some(f) = FRAMES.lock().as_mut() {
-        f.set_fail_after(n);
-    }
+    mm::set_alloc_failure(n);
 }
 
 fn marker(va: VirtAddr) -> u64 {

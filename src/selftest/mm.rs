@@ -557,16 +557,12 @@ pub fn out_of_frames_mid_call() -> Outcome {
     mm::unmap(base + 64 * PAGE, 1).map_err(fail)?;
     mm::flush();
     let tables = mm::table_pages();
-    if let Some(f) = FRAMES.lock().as_mut() {
-        f.set_fail_after(Some(5));
-    }
+    mm::set_alloc_failure(Some(5));
     let before = mm::counters();
     let r = mm::map_anon(base, 10, Prot::READ_WRITE);
     let enqueued = mm::counters().since(&before).enqueued;
     mm::flush();
-    if let Some(f) = FRAMES.lock().as_mut() {
-        f.set_fail_after(None);
-    }
+    mm::set_alloc_failure(None);
     let mapped = (0..10)
         .filter(|&i| mm::translate(base + i * PAGE).is_some())
         .count();
@@ -988,6 +984,8 @@ pub fn reclaim_from_busy_vcpu() -> Outcome {
     mm::unmap(bva, 8).map_err(fail)?;
     mm::unmap(region(18) + (4u64 << 20), 1).map_err(fail)?;
     mm::flush();
+    // This vCPU's cached frames too, so the allocation below must reclaim.
+    mm::drain_frame_cache();
     let held = hold_all_frames();
     release_held(8); // exactly B's 8
     STEP.store(0, Ordering::Release);
