@@ -9,12 +9,12 @@
 #   4. cargo test            the library's unit tests, on the host
 #   4b. fuzz/run.sh          the library's parsers of untrusted input (start_info
 #                            and the memory map, ACPI tables, the command line)
-#                            under libFuzzer, 20 s per target (installs
+#                            under libFuzzer, 10 s per target (installs
 #                            cargo-fuzz when missing)
 #   5. tools/hbreport        the benchmark report tool: fmt, clippy, its tests
 #                            on a recorded log
 #   6. cargo fuzz            hbreport's log reader, report and plots under
-#                            libFuzzer for 25 s (installs cargo-fuzz if missing)
+#                            libFuzzer for 15 s (installs cargo-fuzz if missing)
 #   7. scripts/build.sh      the kernel ELF
 #   8. scripts/bench.sh      a quick benchmark run (run=bench quick, 2 vCPUs,
 #                            one counting and two timed boots): every suite
@@ -90,12 +90,12 @@ scripts/build.sh --clippy --no-setup
 step "unit tests: cargo +nightly test (host)"
 cargo +nightly test
 
-step "fuzz: fmt and a bounded run of fuzz/ (cargo-fuzz, 20 s per target)"
+step "fuzz: fmt and a bounded run of fuzz/ (cargo-fuzz, 10 s per target)"
 if ! cargo +nightly fmt --manifest-path fuzz/Cargo.toml --check; then
     echo "test.sh: fuzz/ formatting differs (above); run: cargo +nightly fmt --manifest-path fuzz/Cargo.toml" >&2
     exit 1
 fi
-fuzz/run.sh --seconds 20
+fuzz/run.sh --seconds 10
 
 step "report tool: fmt, clippy and tests of tools/hbreport"
 if ! cargo +nightly fmt -p hbreport --check; then
@@ -110,7 +110,7 @@ fi
 cargo +nightly clippy -p hbreport --all-targets -- -D warnings
 cargo +nightly test -p hbreport
 
-step "fuzz: hbreport's log reader, report and plots (cargo-fuzz, 25 s)"
+step "fuzz: hbreport's log reader, report and plots (cargo-fuzz, 15 s)"
 # A bounded run of the libFuzzer target; the long campaign and its figures
 # are in README.md. Without a sanitizer (-s none): hbreport is safe Rust, the
 # target looks for panics, hangs and broken invariants, which need none, and
@@ -126,7 +126,7 @@ fuzz_rc=0
 (
     cd tools/hbreport
     cargo +nightly fuzz run -s none report fuzz/corpus/report fuzz/seeds testdata -- \
-        -max_len=4096 -timeout=20 -max_total_time=25 -print_final_stats=1
+        -max_len=4096 -timeout=20 -max_total_time=15 -print_final_stats=1
 ) >"$fuzz_log" 2>&1 || fuzz_rc=$?
 grep -aE '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|==[0-9]+==|SUMMARY|thread .* panicked|Test unit written)' \
     "$fuzz_log" || true
