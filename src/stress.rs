@@ -54,7 +54,8 @@
 #![allow(clippy::result_large_err)]
 
 use crate::arch::x86_64::interrupts::{probe_read, probe_write, Fault};
-use crate::arch::x86_64::{percpu, power, smp, tsc};
+use crate::arch::x86_64::percpu::{self, CpuSlots};
+use crate::arch::x86_64::{power, smp, tsc};
 use crate::console;
 use crate::memory::{Identity, FRAMES};
 use crate::mm::{self, Protection as Prot};
@@ -177,14 +178,16 @@ struct SharedSlot {
     dead_below: AtomicU64,
 }
 
-static SHARED: [[SharedSlot; SHARED_SLOTS]; percpu::MAX_CPUS] = [const {
+static SHARED: CpuSlots<[SharedSlot; SHARED_SLOTS]> = CpuSlots::new(
     [const {
-        SharedSlot {
-            gen_hi: AtomicU64::new(0),
-            dead_below: AtomicU64::new(1),
-        }
-    }; SHARED_SLOTS]
-}; percpu::MAX_CPUS];
+        [const {
+            SharedSlot {
+                gen_hi: AtomicU64::new(0),
+                dead_below: AtomicU64::new(1),
+            }
+        }; SHARED_SLOTS]
+    }; percpu::MAX_CPUS],
+);
 
 #[derive(Debug, Clone, Copy)]
 struct Params {
@@ -214,9 +217,10 @@ static PARAMS: SpinLock<Params> = SpinLock::named(
 static READY: AtomicU32 = AtomicU32::new(0);
 static GO: AtomicBool = AtomicBool::new(false);
 /// Operations each worker has done so far (the stall watchdog reads it).
-static PROGRESS: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
-static RESULTS: [SpinLock<Option<Stats>>; percpu::MAX_CPUS] =
-    [const { SpinLock::named("stress RESULTS", None) }; percpu::MAX_CPUS];
+static PROGRESS: CpuSlots<AtomicU64> =
+    CpuSlots::new([const { AtomicU64::new(0) }; percpu::MAX_CPUS]);
+static RESULTS: CpuSlots<SpinLock<Option<Stats>>> =
+    CpuSlots::new([const { SpinLock::named("stress RESULTS", None) }; percpu::MAX_CPUS]);
 /// Injected allocation failures seen by any worker.
 static INJECTED: AtomicU64 = AtomicU64::new(0);
 
@@ -510,7 +514,7 @@ impl Worker {
 
     fn count_op(&mut self) {
         self.stats.ops += 1;
-        PROGRESS[self.me].store(self.stats.ops, Ordering::Relaxed);
+        PROGRESS.mine().store(self.stats.ops, Ordering::Relaxed);
         let every = self.params.progress_every;
         if every != 0 && self.stats.ops.is_multiple_of(every) {
             log::info!(
@@ -882,7 +886,7 @@ impl Worker {
         let gen = self.new_gen();
         // Publish the generation before any frame holds it, so a reader that
         // sees a signature also sees a gen_hi that covers it.
-        SHARED[self.me][k]
+        SHARED.mine()[k]
             .gen_hi
             .store(u64::from(gen), Ordering::SeqCst);
         let mut list = [PhysFrame::containing_address(x86_64::PhysAddr::new(0)); SHARED_PAGES];
@@ -903,7 +907,7 @@ impl Worker {
         if let Err(e) = unsafe { mm::map(VirtAddr::new(va), &list, Prot::READ) } {
             free_frames(&frames);
             // Nobody can have seen it: no generation is live.
-            SHARED[self.me][k]
+            SHARED.mine()[k]
                 .dead_below
                 .store(u64::from(gen) + 1, Ordering::SeqCst);
             if !self.injected(&e) {
@@ -1012,7 +1016,7 @@ impl Worker {
     /// Reads page `i` of `cpu`'s shared slot `k` and checks the outcome
     /// against what its owner published. True when the read went through.
     fn read_remote_shared(&mut self, cpu: usize, k: usize, i: usize) -> bool {
-        let slot = &SHARED[cpu][k];
+        let slot = &SHARED.of(cpu)[k];
         let va = shared_va(cpu, k, i);
         let floor = slot.dead_below.load(Ordering::SeqCst);
         let hi0 = slot.gen_hi.load(Ordering::SeqCst);
@@ -1091,7 +1095,7 @@ impl Worker {
             let sh = self.model.shared[k];
             if sh.cooling {
                 free_frames(&sh.frames);
-                SHARED[self.me][k]
+                SHARED.mine()[k]
                     .dead_below
                     .store(u64::from(sh.gen) + 1, Ordering::SeqCst);
                 self.model.shared[k] = OwnedShared {
@@ -1221,7 +1225,7 @@ fn worker_entry(_: u64) {
     }
     let me = percpu::cpu_index();
     let stats = Worker::new(me, params).run();
-    *RESULTS[me].lock() = Some(stats);
+    *RESULTS.mine().lock() = Some(stats);
 }
 
 /// `deaf_cpu`: mask interrupts and never answer again.
@@ -1284,7 +1288,7 @@ pub fn run(config: &Config<'_>) -> u32 {
         }
     );
     *PARAMS.lock() = params;
-    for row in &SHARED {
+    for row in (0..percpu::MAX_CPUS).map(|c| SHARED.of(c)) {
         for s in row {
             s.gen_hi.store(0, Ordering::SeqCst);
             s.dead_below.store(1, Ordering::SeqCst);
@@ -1294,8 +1298,8 @@ pub fn run(config: &Config<'_>) -> u32 {
     GO.store(false, Ordering::SeqCst);
     INJECTED.store(0, Ordering::SeqCst);
     for c in 0..percpu::MAX_CPUS {
-        PROGRESS[c].store(0, Ordering::SeqCst);
-        *RESULTS[c].lock() = None;
+        PROGRESS.of(c).store(0, Ordering::SeqCst);
+        *RESULTS.of(c).lock() = None;
     }
 
     let free_before = mm::free_frames();
@@ -1329,7 +1333,7 @@ pub fn run(config: &Config<'_>) -> u32 {
         go_deaf(0);
     }
     let mine = Worker::new(me, params).run();
-    *RESULTS[me].lock() = Some(mine);
+    *RESULTS.mine().lock() = Some(mine);
     if let Err(stuck) = wait_workers(online & !(1 << me)) {
         log::error!("stress: {stuck}");
         return power::EXIT_FAILURE;
@@ -1338,7 +1342,7 @@ pub fn run(config: &Config<'_>) -> u32 {
 
     let mut sum = Stats::default();
     for cpu in (0..percpu::MAX_CPUS).filter(|&c| online & (1 << c) != 0) {
-        let Some(s) = *RESULTS[cpu].lock() else {
+        let Some(s) = *RESULTS.of(cpu).lock() else {
             log::error!("stress: cpu{cpu} left no result");
             return power::EXIT_FAILURE;
         };
@@ -1465,7 +1469,7 @@ fn wait_workers(mask: u64) -> Result<(), Detail> {
         }
         let mut moved = false;
         for c in (0..percpu::MAX_CPUS).filter(|&c| pending & (1 << c) != 0) {
-            let p = PROGRESS[c].load(Ordering::Relaxed);
+            let p = PROGRESS.of(c).load(Ordering::Relaxed);
             moved |= p != seen[c];
             seen[c] = p;
         }

@@ -25,7 +25,8 @@ mod scale;
 mod workload;
 
 use crate::arch::x86_64::interrupts::{ipis_taken, probe_read, IPI_VECTOR};
-use crate::arch::x86_64::{apic, percpu, smp, tsc};
+use crate::arch::x86_64::percpu::{self, CpuSlots};
+use crate::arch::x86_64::{apic, smp, tsc};
 use crate::memory::FRAMES;
 use crate::mm::{self, Protection as Prot};
 use crate::platform::Host;
@@ -962,7 +963,8 @@ fn cpu_suite(p: &Params, _host: &Host) -> Result<(), &'static str> {
 // --- smp -----------------------------------------------------------------------
 
 static READERS_STOP: AtomicBool = AtomicBool::new(false);
-static READ_PASSES: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+static READ_PASSES: CpuSlots<AtomicU64> =
+    CpuSlots::new([const { AtomicU64::new(0) }; percpu::MAX_CPUS]);
 static SMP_BASE: AtomicU64 = AtomicU64::new(0);
 static SMP_PAGES: AtomicU64 = AtomicU64::new(0);
 static SMP_STRIDE: AtomicU64 = AtomicU64::new(PAGE);
@@ -970,7 +972,6 @@ static SMP_STRIDE: AtomicU64 = AtomicU64::new(PAGE);
 /// A vCPU that keeps reading the pages (faults are expected once they are
 /// unmapped), so its TLB holds them and shootdowns must reach it.
 fn reader(_: u64) {
-    let me = percpu::cpu_index();
     let base = SMP_BASE.load(Ordering::Acquire);
     let n = SMP_PAGES.load(Ordering::Acquire);
     let stride = SMP_STRIDE.load(Ordering::Acquire);
@@ -981,7 +982,7 @@ fn reader(_: u64) {
             // the next vCPU here instead of at the end of a time slice.
             core::hint::spin_loop();
         }
-        READ_PASSES[me].fetch_add(1, Ordering::Release);
+        READ_PASSES.mine().fetch_add(1, Ordering::Release);
     }
 }
 
@@ -1023,10 +1024,10 @@ impl Readers {
         let seen: heapless::Vec<u64, { percpu::MAX_CPUS }> = self
             .cpus
             .iter()
-            .map(|&c| READ_PASSES[c].load(Ordering::Acquire))
+            .map(|&c| READ_PASSES.of(c).load(Ordering::Acquire))
             .collect();
         for (i, &c) in self.cpus.iter().enumerate() {
-            while READ_PASSES[c].load(Ordering::Acquire) < seen[i] + 2 {
+            while READ_PASSES.of(c).load(Ordering::Acquire) < seen[i] + 2 {
                 smp::serve_mailbox();
                 core::hint::spin_loop();
             }

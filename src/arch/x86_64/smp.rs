@@ -12,6 +12,7 @@
 //! waits it keeps serving requests posted to it, so two CPUs that ask each
 //! other at the same moment cannot deadlock.
 
+use super::percpu::CpuSlots;
 use super::{apic, interrupts, percpu, stacks, tsc};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -276,7 +277,7 @@ fn idle_loop() -> ! {
         // STI's one-instruction shadow makes the pair atomic, so a post_work
         // IPI that lands after the check wakes the hlt instead of being lost.
         x86_64::instructions::interrupts::disable();
-        if WORK[me].func.load(Ordering::Acquire) != 0 {
+        if WORK.mine().func.load(Ordering::Acquire) != 0 {
             leave_lazy_tlb(me);
             x86_64::instructions::interrupts::enable();
             run_posted_work();
@@ -330,16 +331,19 @@ struct Work {
     done: AtomicBool,
 }
 
-static WORK: [Work; percpu::MAX_CPUS] = [const {
-    Work {
-        func: AtomicU64::new(0),
-        arg: AtomicU64::new(0),
-        done: AtomicBool::new(true),
-    }
-}; percpu::MAX_CPUS];
+/// Each CPU's posted work: others post, the owner runs it.
+static WORK: CpuSlots<Work> = CpuSlots::new(
+    [const {
+        Work {
+            func: AtomicU64::new(0),
+            arg: AtomicU64::new(0),
+            done: AtomicBool::new(true),
+        }
+    }; percpu::MAX_CPUS],
+);
 
 fn run_posted_work() {
-    let w = &WORK[percpu::cpu_index()];
+    let w = WORK.mine();
     let f = w.func.swap(0, Ordering::AcqRel);
     if f != 0 {
         // SAFETY: `post_work` only stores `fn(u64)` pointers.
@@ -358,7 +362,7 @@ fn run_posted_work() {
 /// Has CPU `cpu` run `f(arg)` from its idle loop. Returns false if it is
 /// still busy with earlier work.
 pub fn post_work(cpu: usize, f: fn(u64), arg: u64) -> bool {
-    let w = &WORK[cpu];
+    let w = WORK.of(cpu);
     if w.done
         .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
@@ -375,7 +379,7 @@ pub fn post_work(cpu: usize, f: fn(u64), arg: u64) -> bool {
 }
 
 pub fn work_done(cpu: usize) -> bool {
-    WORK[cpu].done.load(Ordering::Acquire)
+    WORK.of(cpu).done.load(Ordering::Acquire)
 }
 
 // --- Requests with acknowledgement (run in the IPI handler) ----------------
@@ -387,15 +391,19 @@ pub struct Request {
     acks: AtomicU32,
 }
 
-static REQUESTS: [Request; percpu::MAX_CPUS] = [const {
-    Request {
-        handler: AtomicU64::new(0),
-        arg: AtomicU64::new(0),
-        acks: AtomicU32::new(0),
-    }
-}; percpu::MAX_CPUS];
+/// Each CPU's request slot: the owner posts, its targets read and ack.
+static REQUESTS: CpuSlots<Request> = CpuSlots::new(
+    [const {
+        Request {
+            handler: AtomicU64::new(0),
+            arg: AtomicU64::new(0),
+            acks: AtomicU32::new(0),
+        }
+    }; percpu::MAX_CPUS],
+);
 /// Bit s of PENDING[t]: CPU s has a request for CPU t.
-static PENDING: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+static PENDING: CpuSlots<AtomicU64> =
+    CpuSlots::new([const { AtomicU64::new(0) }; percpu::MAX_CPUS]);
 
 /// Serves every request posted to this CPU. Runs in the IPI handler, and
 /// from `call` while waiting, with interrupts masked.
@@ -406,12 +414,11 @@ pub fn serve_mailbox() {
 }
 
 fn serve_mailbox_masked() {
-    let me = percpu::cpu_index();
-    let mut senders = PENDING[me].swap(0, Ordering::AcqRel);
+    let mut senders = PENDING.mine().swap(0, Ordering::AcqRel);
     while senders != 0 {
         let s = senders.trailing_zeros() as usize;
         senders &= senders - 1;
-        let req = &REQUESTS[s];
+        let req = REQUESTS.of(s);
         let h = req.handler.load(Ordering::Acquire);
         if h != 0 {
             // SAFETY: `call` only stores `fn(u64)` pointers.
@@ -447,7 +454,7 @@ pub fn call(what: &str, targets: u64, handler: fn(u64), arg: u64) -> u32 {
         return 0;
     }
     super::irq::without(|| {
-        let req = &REQUESTS[me];
+        let req = REQUESTS.mine();
         req.acks.store(0, Ordering::Relaxed);
         req.arg.store(arg, Ordering::Relaxed);
         req.handler
@@ -457,7 +464,7 @@ pub fn call(what: &str, targets: u64, handler: fn(u64), arg: u64) -> u32 {
         while t != 0 {
             let cpu = t.trailing_zeros() as usize;
             t &= t - 1;
-            PENDING[cpu].fetch_or(1 << me, Ordering::AcqRel);
+            PENDING.of(cpu).fetch_or(1 << me, Ordering::AcqRel);
             percpu::get(cpu)
                 .mailbox
                 .requested
@@ -487,10 +494,7 @@ pub fn call(what: &str, targets: u64, handler: fn(u64), arg: u64) -> u32 {
 /// handler must not start a call of its own then (the request slot is in
 /// use).
 pub fn in_call() -> bool {
-    REQUESTS[percpu::cpu_index()]
-        .handler
-        .load(Ordering::Acquire)
-        != 0
+    REQUESTS.mine().handler.load(Ordering::Acquire) != 0
 }
 
 /// Which of `targets` no longer have our request pending (best effort, for
@@ -501,7 +505,7 @@ fn acked_mask(me: usize, targets: u64) -> u64 {
     while t != 0 {
         let cpu = t.trailing_zeros() as usize;
         t &= t - 1;
-        if PENDING[cpu].load(Ordering::Acquire) & (1 << me) == 0 {
+        if PENDING.of(cpu).load(Ordering::Acquire) & (1 << me) == 0 {
             acked |= 1 << cpu;
         }
     }
