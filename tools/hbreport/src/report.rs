@@ -677,10 +677,25 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
             "map_unmap_range" => "the same, but **one `map` and one `unmap` call per batch** of pages, which leaves the queue's own cost with little API overhead around it",
             "map_touch_unmap" => "map a page, write to it (so the TLB caches it), unmap it",
             "protect" => "change a mapped page between read-only and read-write",
+            "protect_range" => "the same, **one `protect` call per batch** of pages",
+            "map_unmap_2m" | "map_touch_unmap_2m" | "protect_2m" => {
+                "the figure of the same name without `_2m`, with 2 MiB pages (one directory entry and one \
+                 invalidation each; `page_bytes` in results.json); per 2 MiB page"
+            }
+            "unmap_shootdown_2m" => "`unmap_shootdown` with 2 MiB pages; per 2 MiB page",
+            "map_unmap_private" => {
+                "the `scale` suite: every vCPU maps and unmaps batches of 256 pages at once, each in a region \
+                 of its own (nothing to shoot down, no lock in common); per operation, all vCPUs' operations \
+                 together, so a flat figure means nothing serialises"
+            }
+            "map_unmap_shared" => {
+                "the same in one region every vCPU reads, so every flush must shoot down the others"
+            }
             "cr_write" => "write CR4 (its own value back): in CPU lazy mode the queue keeps only the last write to a register",
             "unmap_shootdown" => "unmap a page while other vCPUs hold its translation, so each unmap must interrupt them (a shootdown) before the frame can be reused; per page",
             "cow_snapshot" => "a copy-on-write snapshot: write-protect a working set, then copy each page on its first write (a real protection fault); per write",
             "arena" => "an arena that grows page by page while records are written into it and shrinks from its old end; per write",
+            "arena_2m" => "the arena with 2 MiB pages (one a round, two live); per write",
             "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "pte_write" | "self_ipi" | "ipi_roundtrip" => {
                 continue;
             }
