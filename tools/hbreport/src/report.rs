@@ -99,7 +99,7 @@ pub fn ratio(x: f64) -> String {
 
 /// A per-operation count (flushes, privileged operations): small numbers
 /// with enough decimals to show 1/256.
-fn count(x: Option<f64>) -> String {
+pub(crate) fn count(x: Option<f64>) -> String {
     match x {
         None => "—".into(),
         Some(0.0) => "0".into(),
@@ -110,13 +110,13 @@ fn count(x: Option<f64>) -> String {
 }
 
 /// Text for a table cell: a `|` would split the cell.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
 /// A figure's value for a table: counted exact, timed with its spread
 /// across boots and the noisy mark.
-fn value(a: Option<&Agg>) -> String {
+pub(crate) fn value(a: Option<&Agg>) -> String {
     let Some(a) = a else {
         return "—".into();
     };
@@ -144,7 +144,7 @@ fn value(a: Option<&Agg>) -> String {
 }
 
 /// `a / b` as a ratio cell.
-fn div(a: Option<&Agg>, b: Option<&Agg>) -> String {
+pub(crate) fn div(a: Option<&Agg>, b: Option<&Agg>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b.median > 0.0 => ratio(a.median / b.median),
         _ => "—".into(),
@@ -165,6 +165,10 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("rounds/page", "shootdown rounds per page: one round interrupts every vCPU that may hold the translations and waits for all of them"),
     ("immediate ÷ batched", "how many times more immediate costs than batched, in the unit named; above 1, batching saves"),
     ("batched ÷ floor", "how many times the floor batched costs: the queue's own overhead (1x would be no overhead)"),
+    ("÷ 1 vCPU", "this row's figure over the same figure at 1 vCPU on the same machine: 1.00x is perfectly flat"),
+    ("aggregate Mops/s", "millions of operations per second, all vCPUs together: the TSC frequency ÷ the timed cycles/op"),
+    ("speed-up", "1 vCPU's timed cycles/op ÷ this row's: the aggregate rate against one vCPU's (2.00x: twice the work per second)"),
+    ("IPIs/op", "inter-processor interrupts sent per operation, all vCPUs together, from the queue's counters"),
     ("checksum", "a hash of the workload's data at its end; it must be the same under both backends"),
     ("operation", "the privileged instruction the `exits` suite repeats"),
     ("workload", "a whole task built from many mm calls"),
@@ -185,7 +189,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("source", "where it was published (numbered below)"),
 ];
 
-fn header(names: &[&str]) -> String {
+pub(crate) fn header(names: &[&str]) -> String {
     let mut h = String::from("|");
     let mut r = String::from("|");
     for n in names {
@@ -288,10 +292,16 @@ fn vmm_name(h: &Host) -> String {
     }
 }
 
-/// How the boots of one kind ran: "TCG, single-threaded, icount".
-fn modes_of(s: &Summary, kind: FigKind) -> Option<String> {
+/// How the boots of one kind on one machine ran: "TCG, single-threaded,
+/// icount". `machine` None: every boot.
+fn modes_of(s: &Summary, kind: FigKind, machine: Option<Option<u64>>) -> Option<String> {
     let mut modes: Vec<String> = Vec::new();
     for b in s.boots_of(kind) {
+        if let Some(m) = machine {
+            if b.vcpus().filter(|v| Some(*v) != s.primary_vcpus) != m {
+                continue;
+            }
+        }
         let m = b.mode();
         if !modes.contains(&m) {
             modes.push(m);
@@ -302,15 +312,25 @@ fn modes_of(s: &Summary, kind: FigKind) -> Option<String> {
 
 /// One line for the plots' subtitle and the report's "where".
 pub fn platform_line(s: &Summary) -> String {
+    platform_line_on(s, None)
+}
+
+/// The same line for the figures of one machine: `machine` None is the
+/// run's own (every boot's modes), Some(n) the boots of n vCPUs.
+pub fn platform_line_on(s: &Summary, machine: Option<u64>) -> String {
     let h = &s.host;
-    let modes = match (modes_of(s, FigKind::Counted), modes_of(s, FigKind::Timed)) {
+    let only = machine.map(Some);
+    let modes = match (
+        modes_of(s, FigKind::Counted, only),
+        modes_of(s, FigKind::Timed, only),
+    ) {
         (Some(c), Some(t)) => format!("counting: {c}; timed: {t}"),
         (Some(c), None) => format!("counting: {c}"),
         (None, Some(t)) => format!("timed: {t}"),
         (None, None) => "no boots".into(),
     };
-    let vcpus = h
-        .smp
+    let vcpus = machine
+        .or(h.smp)
         .or_else(|| s.env().and_then(|e| e.vcpus))
         .map(|v| format!("{v} vCPUs"))
         .unwrap_or_else(|| "vCPUs unknown".into());
@@ -487,7 +507,7 @@ fn summary(out: &mut String, s: &Summary, targets: &[Target]) {
              the tables. Compare builds on the counted figures, which do not move between boots; for timed \
              figures to quote, run more boots (`--runs`) on a machine with nothing else running.\n",
             noisy.len(),
-            s.of_kind(FigKind::Timed).count(),
+            s.figures.iter().filter(|a| a.kind == FigKind::Timed).count(),
             NOISY_SPREAD * 100.0
         );
     }
@@ -826,6 +846,7 @@ fn figures(out: &mut String, s: &Summary) {
     mm_tables(out, s);
     cpu_table(out, s);
     smp_table(out, s);
+    crate::scale::section(out, s);
     workload_table(out, s);
     other_table(out, s);
 }
@@ -1117,7 +1138,7 @@ fn workload_table(out: &mut String, s: &Summary) {
 }
 
 fn other_table(out: &mut String, s: &Summary) {
-    let known = ["exits", "mm", "cpu", "smp", "workload"];
+    let known = ["exits", "mm", "cpu", "smp", "scale", "workload"];
     let others: Vec<&Agg> = s
         .figures
         .iter()

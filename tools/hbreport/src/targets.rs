@@ -90,6 +90,7 @@ pub fn evaluate(s: &Summary) -> Vec<Target> {
         out.push(over_floor(s, name, cap));
     }
     out.push(privileged_fraction(s));
+    out.extend(crate::scale::targets(s));
     let mut workloads: Vec<&str> = Vec::new();
     for a in s.suite_any("workload") {
         if !workloads.contains(&a.key.name.as_str()) {
@@ -114,7 +115,7 @@ const WORKLOAD_AIM: &str =
     "Tasks built from many mm calls (a copy-on-write snapshot, an arena) take less \
      time under batching, and produce exactly the same data under both backends.";
 
-fn missing(title: String, aim: String, requirement: String, what: String) -> Target {
+pub(crate) fn missing(title: String, aim: String, requirement: String, what: String) -> Target {
     Target {
         title,
         aim,
@@ -206,7 +207,7 @@ fn basis(s: &Summary, kind: FigKind, prefer: FigKind, a: &Agg) -> String {
 
 /// For a timed ratio over several boots: the boots disagree about the
 /// verdict when their range straddles the threshold.
-fn straddles(
+pub(crate) fn straddles(
     s: &Summary,
     kind: FigKind,
     a: &Agg,
@@ -237,7 +238,7 @@ fn straddles(
 }
 
 /// "met with 2.4x to spare" / "short by 38% (needs 1.6x more)".
-fn at_least(measured: f64, min: f64) -> (Status, String) {
+pub(crate) fn at_least(measured: f64, min: f64) -> (Status, String) {
     if measured >= min {
         (
             Status::Met,
