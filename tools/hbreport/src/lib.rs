@@ -19,6 +19,7 @@ pub mod check;
 pub mod compare;
 pub mod host;
 pub mod log;
+pub mod pagesize;
 pub mod plots;
 pub mod projection;
 pub mod reference;
@@ -27,6 +28,7 @@ pub mod results;
 pub mod scale;
 pub mod summary;
 pub mod targets;
+pub mod vcpus;
 pub mod vmm;
 
 use std::fmt;

@@ -600,7 +600,9 @@ pub fn draw_all(s: &Summary) -> Result<Vec<Plot>, Error> {
             .map(|k| smp_panel(s, *k))
             .collect(),
     )?;
+    out.extend(crate::vcpus::plots(s)?);
     out.extend(crate::scale::plots(s)?);
+    out.extend(crate::pagesize::plots(s)?);
     let bars = workload_bars(s);
     if !bars.is_empty() {
         let file = "workloads.svg".to_string();

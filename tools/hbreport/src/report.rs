@@ -169,6 +169,11 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("aggregate Mops/s", "millions of operations per second, all vCPUs together: the TSC frequency ÷ the timed cycles/op"),
     ("speed-up", "1 vCPU's timed cycles/op ÷ this row's: the aggregate rate against one vCPU's (2.00x: twice the work per second)"),
     ("IPIs/op", "inter-processor interrupts sent per operation, all vCPUs together, from the queue's counters"),
+    ("backend", "immediate (every update applied at once) or batched (through the queue)"),
+    ("instructions/MiB", "guest instructions per MiB of memory the operation covers (counted): the figure per page times the pages a MiB takes (256 of 4 KiB, one half of 2 MiB)"),
+    ("cycles/MiB", "TSC cycles per MiB covered (timed, median across boots; the spread in brackets)"),
+    ("4 KiB ÷ 2 MiB", "how many times more covering a MiB costs with 4 KiB pages than with 2 MiB pages, in the unit named"),
+    ("privileged/MiB", "privileged operations per MiB covered, from the queue's counters: what a trapping host would charge per MiB"),
     ("checksum", "a hash of the workload's data at its end; it must be the same under both backends"),
     ("operation", "the privileged instruction the `exits` suite repeats"),
     ("workload", "a whole task built from many mm calls"),
@@ -846,7 +851,9 @@ fn figures(out: &mut String, s: &Summary) {
     mm_tables(out, s);
     cpu_table(out, s);
     smp_table(out, s);
+    crate::vcpus::section(out, s);
     crate::scale::section(out, s);
+    crate::pagesize::section(out, s);
     workload_table(out, s);
     other_table(out, s);
 }

@@ -80,6 +80,7 @@ fn a_results_directory_holds_every_file_and_valid_plots() {
             "privileged.svg",
             "smp_shootdown.svg",
             "scale.svg",
+            "pagesize.svg",
             "workloads.svg"
         ]
     );
