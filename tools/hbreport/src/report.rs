@@ -457,6 +457,26 @@ fn summary(out: &mut String, s: &Summary, targets: &[Target]) {
          (*immediate*).\n",
         suites.join(", ")
     );
+    for m in s.other_machines() {
+        let on = |k| s.boots_on(Some(m)).filter(|b| b.kind() == k).count();
+        let mut ran: Vec<&str> = Vec::new();
+        for a in s.figures.iter().filter(|a| a.key.machine == Some(m)) {
+            if !ran.contains(&a.key.suite.as_str()) {
+                ran.push(&a.key.suite);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "Of these boots, {} counting and {} timed ran a {m}-vCPU machine with only the {} suite{}: their \
+             figures are kept apart from the run's own {}-vCPU ones (never merged into one median) and are \
+             reported in their own tables and plots.\n",
+            on(FigKind::Counted),
+            on(FigKind::Timed),
+            ran.join(" and "),
+            plural(ran.len()),
+            s.primary_vcpus.map_or("?".into(), |v| v.to_string())
+        );
+    }
     let h = &s.host;
     let host = if h.recorded() {
         format!(

@@ -496,7 +496,7 @@ pub fn section(out: &mut String, s: &Summary) {
         let _ = writeln!(
             out,
             "The run's own {}-vCPU boots ran the suite too, up to {} vCPUs (`scale/...` in results.json, without \
-             the `/smp=N` suffix){}.\n",
+             the `…/smp=N` suffix){}.\n",
             s.primary_vcpus.map_or("?".into(), |v| v.to_string()),
             s.suite_any(SUITE).map(|a| a.key.vcpus).max().unwrap_or(0),
             if diffs.is_empty() {

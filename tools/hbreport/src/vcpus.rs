@@ -80,7 +80,7 @@ pub fn section(out: &mut String, s: &Summary) {
         out,
         "### smp at up to {m} vCPUs: unmap with shootdown, per page (batch {batch})\n\n\
          From the {m}-vCPU boots, which ran only the smp and scale suites (their figures are in results.json \
-         with ids ending in `/smp={m}`). IPIs/page and rounds/page read immediate / batched.\n"
+         with ids ending in `…/smp={m}`). IPIs/page and rounds/page read immediate / batched.\n"
     );
     let _ = writeln!(
         out,
