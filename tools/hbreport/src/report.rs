@@ -726,6 +726,12 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
             "unmap_shootdown" => "unmap a page while other vCPUs hold its translation, so each unmap must interrupt them (a shootdown) before the frame can be reused; per page",
             "cow_snapshot" => "a copy-on-write snapshot: write-protect a working set, then copy each page on its first write (a real protection fault); per write",
             "arena" => "an arena that grows page by page while records are written into it and shrinks from its old end; per write",
+            "protect_range" => "the same as `protect`, but **one `protect` call per batch** of pages",
+            "map_unmap_2m" | "map_touch_unmap_2m" | "protect_2m" => "the same per-page calls with **2 MiB pages**; per 2 MiB page (*page sizes* below puts both sizes per MiB)",
+            "unmap_shootdown_2m" => "`unmap_shootdown` with 2 MiB pages; per 2 MiB page",
+            "arena_2m" => "the arena with 2 MiB pages; per write",
+            "map_unmap_private" => "N vCPUs at once, each mapping and unmapping batches of 256 pages in a region of its own; per operation, all vCPUs' operations together",
+            "map_unmap_shared" => "N vCPUs at once in one region that all of them read, so every flush must interrupt the others; per operation, all vCPUs' operations together",
             "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "pte_write" | "self_ipi" | "ipi_roundtrip" => {
                 continue;
             }

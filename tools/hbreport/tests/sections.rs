@@ -192,7 +192,9 @@ fn the_timed_scale_target_needs_multi_threaded_tcg_at_two_vcpus() {
         r.contains("**NOT MET**: 1.43x < 1.70x: short by 16%"),
         "{r}"
     );
-    assert!(md.contains("Why it missed: with two vCPUs each one ran 1.40x slower than alone (1,400"));
+    assert!(
+        md.contains("Why it missed: with two vCPUs each one ran 1.40x slower than alone (1,400")
+    );
     assert!(md.contains("no counting boot to tell"));
     // The same figures single-threaded: not measured, and how to measure it.
     let md = timed_smp2("st", Some("single"), 1000.0, 550.0);
