@@ -14,9 +14,13 @@
 #     across them, with its spread.
 # A full run (not --quick) then boots the same kinds again at --extra-smp
 # vCPUs (16) with only the smp and scale suites, so that shootdowns and
-# concurrent mm calls are measured up to 16 vCPUs (a whole benchmark at 16
-# vCPUs took 288 s of counting boot against 54 s at 4). Their logs are
-# serial-{count,timed}-smp16-N.log, their figures ids end in /smp=16.
+# concurrent mm calls are measured up to 16 vCPUs without every suite there
+# (a whole benchmark at 16 vCPUs took 288 s of counting boot against 54 s at
+# 4). On a 2-core development machine they add about 90 s to a full run's
+# 50 s of boots: 72 s of counting boot (45 s of it the 16 vCPUs booting under
+# icount) and 5 s per timed boot. Their logs are
+# serial-{count,timed}-smp16-N.log; their figures' ids end in /smp=16, apart
+# from the run's own.
 #
 #   --runs N           timed boots (default 3; 1 with --quick, whose figures
 #                      are for checking the pipeline, not for quoting); with
@@ -35,6 +39,8 @@
 #   --extra-smp N      the vCPUs of a full run's extra smp,scale boots
 #                      (default 16; 0, or no more than --smp: none); with a
 #                      suite= list they run the smp and scale it names, if any
+#                      (with HB_TCG_THREAD=multi on a small host, 0 avoids 16
+#                      vCPU threads waiting on each other's time slices)
 #   --machine M        QEMU machine: microvm, pc or q35 (default microvm)
 #   --accel A          the timed boots' accelerator: auto, tcg or kvm (default
 #                      auto, which picks TCG on hosts whose KVM interprets
@@ -55,7 +61,7 @@
 #   -- EXTRA...        more kernel command line, e.g. -- suite=mm
 #
 # Examples:
-#   scripts/bench.sh                        the full run (about 2 minutes of boots)
+#   scripts/bench.sh                        the full run (about 2.5 minutes of boots)
 #   scripts/bench.sh --quick                a short run (what CI checks)
 #   scripts/bench.sh --icount --quick       counting only: the same figures every time
 #   scripts/bench.sh --quick -- suite=mm    one suite
