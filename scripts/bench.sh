@@ -17,8 +17,9 @@
 # concurrent mm calls are measured up to 16 vCPUs without every suite there
 # (a whole benchmark at 16 vCPUs took 288 s of counting boot against 54 s at
 # 4). On a 2-core development machine they add about 90 s to a full run's
-# 50 s of boots: 72 s of counting boot (45 s of it the 16 vCPUs booting under
-# icount) and 5 s per timed boot. Their logs are
+# 50 s of boots: 72 s of counting boot (most of it bringing 16 vCPUs up under
+# icount: run=boot alone takes 49 s there, 3.5 s at 4 vCPUs) and 5 s per
+# timed boot. Their logs are
 # serial-{count,timed}-smp16-N.log; their figures' ids end in /smp=16, apart
 # from the run's own.
 #
