@@ -361,10 +361,22 @@ fn aggregate_target(s: &Summary) -> Target {
             ),
             _ => "this run has no counting boot to tell whether the guest did extra work;".into(),
         };
+        // How long one repetition lasted: next to a host scheduler's time
+        // slice (a few ms), one descheduled vCPU thread stalls the other.
+        let rep = tsc_hz(s, m)
+            .filter(|h| *h > 0)
+            .map(|h| {
+                format!(
+                    "; one repetition at 2 vCPUs lasted {:.1} ms, comparable to a host scheduler's time slice (a few \
+                     milliseconds), so one slice that a vCPU thread spends waiting for a host CPU doubles it",
+                    two.fig.ops as f64 * two.median / h as f64 * 1e3
+                )
+            })
+            .unwrap_or_default();
         format!(
             "with two vCPUs each one ran {} slower than alone ({} elapsed cycles per operation of its own, \
              against {}): {counts} the two vCPU threads did not run side by side at full speed on the {cores} \
-             host CPUs (other work on the host, or serialisation inside QEMU's TCG)",
+             host CPUs (other work on the host, or serialisation inside QEMU's TCG){rep}",
             ratio(per_vcpu),
             thousands(two.median * AGGREGATE_SMP as f64),
             thousands(one.median)
