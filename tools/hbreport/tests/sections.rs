@@ -581,3 +581,104 @@ fn run_logs_name_the_tcg_threading_of_each_boot() {
     assert_eq!(b.tcg_thread_source(), "the QEMU command line");
     assert_eq!(b.mode(), "TCG, multi-threaded");
 }
+
+#[test]
+fn odd_figures_make_a_report_not_a_panic() {
+    // Synthetic edge cases for the new sections: zero and huge medians,
+    // the most vCPUs a record may claim, a 1 GiB page, a shared figure
+    // with no private one, a 2 MiB figure with a zero-cost 4 KiB twin.
+    let page = |name: &str, bytes: u64, batch: u64, x: f64, unit: &str| {
+        let mut v: Value = serde_json::from_str(
+            &result_unit(
+                "mm",
+                name,
+                "batched",
+                batch,
+                1,
+                x,
+                json!({"pte_writes": 1}),
+                unit,
+            )[3..],
+        )
+        .unwrap();
+        v["page_bytes"] = json!(bytes);
+        format!("HB {v}")
+    };
+    let logs = [
+        text(&[
+            env(4096, "instructions"),
+            result_unit(
+                "scale",
+                scale::PRIVATE,
+                "batched",
+                256,
+                1,
+                0.0,
+                json!({}),
+                "instructions",
+            ),
+            result_unit(
+                "scale",
+                scale::PRIVATE,
+                "batched",
+                256,
+                4096,
+                1e300,
+                json!({}),
+                "instructions",
+            ),
+            result_unit(
+                "scale",
+                scale::SHARED,
+                "batched",
+                64,
+                2,
+                5.0,
+                json!({}),
+                "instructions",
+            ),
+            page("map_unmap", 4096, 256, 0.0, "instructions"),
+            page("map_unmap_2m", 1 << 30, 1, 1e300, "instructions"),
+            result_unit(
+                "smp",
+                "unmap_shootdown",
+                "immediate",
+                256,
+                4096,
+                0.0,
+                json!({"ipis": 0}),
+                "instructions",
+            ),
+            exit_line(0),
+        ]),
+        text(&[
+            env(1, "cycles"),
+            result_unit(
+                "scale",
+                scale::SHARED,
+                "batched",
+                64,
+                1,
+                3.0,
+                json!({}),
+                "cycles",
+            ),
+            page("protect", 4096, 1, 10.0, "cycles"),
+            page("protect_2m", 2 << 20, 1, 0.0, "cycles"),
+        ]),
+    ];
+    for (i, l) in logs.iter().enumerate() {
+        let s = summary_of(&[(&format!("serial-count-{i}.log") as &str, l.as_str())]);
+        let built = hbreport::build(&s, "2026-01-01T00:00:00Z").expect("built");
+        let doc: Value = serde_json::from_str(&built.results_json).unwrap();
+        assert!(hbreport::results::validate(&doc).is_empty());
+        assert!(built.report_md.contains("### scale:"));
+        for p in &built.plots {
+            roxmltree::Document::parse(&p.svg).expect("well-formed SVG");
+        }
+    }
+    // Both logs as two machines of one run.
+    let s = summary_of(&[("a.log", logs[0].as_str()), ("b.log", logs[1].as_str())]);
+    let built = hbreport::build(&s, "2026-01-01T00:00:00Z").expect("built");
+    assert!(built.report_md.contains("Of these boots"));
+}
