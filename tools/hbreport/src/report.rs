@@ -335,8 +335,8 @@ pub fn platform_line_on(s: &Summary, machine: Option<u64>) -> String {
         (None, None) => "no boots".into(),
     };
     let vcpus = machine
+        .or(s.primary_vcpus)
         .or(h.smp)
-        .or_else(|| s.env().and_then(|e| e.vcpus))
         .map(|v| format!("{v} vCPUs"))
         .unwrap_or_else(|| "vCPUs unknown".into());
     let rev = h

@@ -309,8 +309,8 @@ pub struct Summary {
     pub boots: Vec<Boot>,
     pub figures: Vec<Agg>,
     pub host: Host,
-    /// The vCPUs of the run's own machine: host.json's, else the first
-    /// boot's that says (None: no boot says).
+    /// The vCPUs of the run's own machine: host.json's when a boot had
+    /// them, else the first boot's that says (None: no boot says).
     pub primary_vcpus: Option<u64>,
 }
 
@@ -318,9 +318,12 @@ impl Summary {
     /// Groups the figures of `boots` (in the order given: the first boot
     /// that printed a figure decides where it is listed).
     pub fn new(boots: Vec<Boot>, host: Host) -> Summary {
+        // host.json's --smp when some boot had it (a host record of another
+        // run must not push every boot onto "another machine"), else the
+        // first boot's that says.
         let primary_vcpus = host
             .smp
-            .filter(|v| (1..=crate::log::MAX_VCPUS).contains(v))
+            .filter(|v| boots.iter().any(|b| b.vcpus() == Some(*v)))
             .or_else(|| boots.iter().find_map(Boot::vcpus));
         let machine_of = |boot: &Boot| boot.vcpus().filter(|v| Some(*v) != primary_vcpus);
         let mut figures: Vec<Agg> = Vec::new();

@@ -682,3 +682,19 @@ fn odd_figures_make_a_report_not_a_panic() {
     let built = hbreport::build(&s, "2026-01-01T00:00:00Z").expect("built");
     assert!(built.report_md.contains("Of these boots"));
 }
+
+#[test]
+fn a_host_record_of_another_machine_does_not_hide_the_run() {
+    // Synthetic: host.json says 8 vCPUs, the only boot had 4: the boot is
+    // the run's own machine, not "another" one with its figures set aside.
+    let log = scale_boot(4, "instructions", &[1, 2], &[400.0, 401.0]);
+    let host = hbreport::host::Host {
+        smp: Some(8),
+        ..Default::default()
+    };
+    let boot = hbreport::parse_boot("serial-count-1.log", &log, false, &host).unwrap();
+    let s = Summary::new(vec![boot], host);
+    assert_eq!(s.primary_vcpus, Some(4));
+    assert!(s.other_machines().is_empty());
+    assert_eq!(s.suite("scale", FigKind::Counted).count(), 4);
+}
