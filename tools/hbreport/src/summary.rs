@@ -467,10 +467,14 @@ impl Summary {
     }
 
     /// The environment: a timed boot's env when there is one (it carries
-    /// the TSC frequency), else the first boot's.
+    /// the TSC frequency), else the first boot's; the run's own machine's
+    /// boots first.
     pub fn env(&self) -> Option<&Env> {
-        self.boots_of(FigKind::Timed)
+        let own: Vec<&Boot> = self.boots_on(None).collect();
+        own.iter()
+            .filter(|b| b.kind() == FigKind::Timed)
             .find_map(|b| b.log.env())
+            .or_else(|| own.iter().find_map(|b| b.log.env()))
             .or_else(|| self.boots.iter().find_map(|b| b.log.env()))
     }
 
