@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 const SMP16_COUNT: &str = include_str!("../testdata/smp16-count.serial");
 const SMP16_TIMED: &str = include_str!("../testdata/smp16-timed-1.serial");
 /// Recorded: what run-qemu.sh said for that timed boot (its paths cut).
-const SMP16_RUN_TIMED: &str = include_str!("../testdata/smp16-run-timed-1.log");
+const SMP16_RUN_TIMED: &str = include_str!("../testdata/smp16-timed-1.run");
 
 fn env(vcpus: u64, unit: &str) -> String {
     let hz = if unit == "cycles" {
