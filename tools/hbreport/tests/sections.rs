@@ -698,3 +698,36 @@ fn a_host_record_of_another_machine_does_not_hide_the_run() {
     assert!(s.other_machines().is_empty());
     assert_eq!(s.suite("scale", FigKind::Counted).count(), 4);
 }
+
+#[test]
+fn the_floor_target_judges_a_2mib_figure_at_its_largest_batch() {
+    // Synthetic: 2 MiB figures go up to a batch of 32, below the ring's 256.
+    let mut lines = vec![env(1, "instructions")];
+    for b in [1, 8, 32] {
+        for (backend, x) in [("batched", 700.0), ("floor", 140.0)] {
+            lines.push(result_unit(
+                "mm",
+                "map_unmap_2m",
+                backend,
+                b,
+                1,
+                x,
+                json!({}),
+                "instructions",
+            ));
+        }
+    }
+    let ts = targets::evaluate(&summary_of(&[("c.log", &text(&lines))]));
+    let t = target(&ts, "minimum (map_unmap_2m)");
+    assert_eq!(t.status, Status::NotMet, "{t:?}");
+    assert!(
+        t.requirement.contains("at its largest batch, 32"),
+        "{}",
+        t.requirement
+    );
+    assert!(
+        t.measured.starts_with("5.00x (700 vs 140"),
+        "{}",
+        t.measured
+    );
+}
