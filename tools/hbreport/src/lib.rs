@@ -19,13 +19,17 @@ pub mod check;
 pub mod compare;
 pub mod host;
 pub mod log;
+pub mod pagesize;
 pub mod plots;
 pub mod projection;
 pub mod reference;
 pub mod report;
 pub mod results;
+pub mod scale;
 pub mod summary;
 pub mod targets;
+pub mod vcpus;
+pub mod vmm;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -116,7 +120,17 @@ pub fn parse_boot(file: &str, text: &str, strict: bool, host: &host::Host) -> Re
         log,
         accel: host.accel.clone(),
         tcg_thread: host.tcg_thread.clone(),
+        launch: None,
     })
+}
+
+/// The VMM command line of the boot whose serial log is `path`: its
+/// run-*.log in the same directory, when there is one that says.
+fn launch_of(path: &Path) -> Option<vmm::Launch> {
+    let name = vmm::run_log_name(&file_name(path))?;
+    let run = path.with_file_name(&name);
+    let bytes = std::fs::read(&run).ok()?;
+    vmm::parse(&String::from_utf8_lossy(&bytes), &name)
 }
 
 /// Reads the logs and the host record.
@@ -153,7 +167,9 @@ pub fn load(opts: &Options) -> Result<Summary, Error> {
             name = format!("{name} (#{})", names.len() + 1);
         }
         names.push(name.clone());
-        boots.push(parse_boot(&name, &text, opts.strict, &host)?);
+        let mut boot = parse_boot(&name, &text, opts.strict, &host)?;
+        boot.launch = launch_of(path);
+        boots.push(boot);
     }
     Ok(Summary::new(boots, host))
 }
