@@ -93,10 +93,24 @@ pub fn set_unit(icount: bool) -> Result<TscUnit, [u64; 3]> {
 }
 
 /// Busy-waits for `us` microseconds.
+///
+/// Under QEMU icount only executed instructions move the clock, and in
+/// single-threaded TCG a PAUSE hands the host thread to the next vCPU: a
+/// wait of PAUSEs then costs one vCPU switch per few instructions, and the
+/// AP start-ups of a 16-vCPU counting boot took a minute. There the wait
+/// spins on plain instructions instead (nothing else needs the time: the
+/// CPU being started waits for its SIPI).
 pub fn delay_us(us: u64) {
     let end = rdtsc() + hz() / 1_000_000 * us;
+    let counting = COUNTS_INSTRUCTIONS.load(Ordering::Relaxed);
     while rdtsc() < end {
-        core::hint::spin_loop();
+        if counting {
+            for i in 0..64u64 {
+                core::hint::black_box(i);
+            }
+        } else {
+            core::hint::spin_loop();
+        }
     }
 }
 
