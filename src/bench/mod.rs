@@ -39,7 +39,7 @@ use hyperbatch::hypervisor::TscUnit;
 use hyperbatch::mm::WINDOW_BASE;
 use hyperbatch::queue::{Counters, Cr, Invalidation, Trigger, INVLPG_CEILING, RING_CAPACITY};
 use x86_64::instructions::port::Port;
-use x86_64::registers::control::Cr3;
+use x86_64::registers::control::{Cr3, Cr4};
 use x86_64::structures::paging::{Page, PhysFrame, Size2MiB};
 use x86_64::VirtAddr;
 
@@ -455,6 +455,21 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
                 let (f, fl) = Cr3::read();
                 // SAFETY: reloading the live root changes no mapping.
                 unsafe { Cr3::write(f, fl) };
+            }
+        }),
+    );
+    // CR4 written back with its own value: what a CR0/CR4 write costs here
+    // (under VMX it exits when it touches a bit the CR4 guest/host mask
+    // gives the host; the cost model in tools/hbreport prices it).
+    // The bare instruction, not mm::write_cr: the queue's own work is
+    // what the cpu suite measures.
+    let cr4 = Cr4::read_raw();
+    one(
+        "cr4_write",
+        measure(p, k, || {
+            for _ in 0..k {
+                // SAFETY: CR4's current value, written back, changes nothing.
+                unsafe { Cr4::write_raw(cr4) };
             }
         }),
     );
@@ -1100,7 +1115,10 @@ fn smp_figures<K: Kind>(
                 must(pool.map(base, 0, n, Prot::READ));
                 mm::flush();
                 readers.settle();
-                let before = mm::counters();
+                // Every vCPU's counters, read outside the timed region: the
+                // readers' remote invalidations are what a shootdown makes
+                // them run (the cost model prices them).
+                let before = mm::counters_all();
                 let t0 = tsc::rdtsc();
                 for c in (0..n).step_by(b as usize) {
                     mm::batch(|| {
@@ -1113,7 +1131,7 @@ fn smp_figures<K: Kind>(
                 let dt = tsc::rdtsc() - t0;
                 if rep >= p.warmup {
                     let _ = samples.push(dt);
-                    counters.add(&mm::counters().since(&before));
+                    counters.add(&mm::counters_all().since(&before));
                 }
             }
             drop(readers);
