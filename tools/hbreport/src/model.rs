@@ -446,7 +446,16 @@ pub struct Fit {
     pub exits: Vec<(&'static str, ExitFigure)>,
 }
 
-fn exit_figure(s: &Summary, name: &str) -> Option<ExitFigure> {
+/// A timed figure's value: in one boot, or the median across boots.
+fn timed(t: &Agg, boot: Option<usize>) -> Option<f64> {
+    let v = match boot {
+        Some(b) => t.value_in(b)?,
+        None => t.median,
+    };
+    v.is_finite().then_some(v)
+}
+
+fn exit_figure(s: &Summary, name: &str, boot: Option<usize>) -> Option<ExitFigure> {
     let q = Query {
         suite: Some("exits"),
         name: Some(name),
@@ -454,9 +463,9 @@ fn exit_figure(s: &Summary, name: &str) -> Option<ExitFigure> {
     };
     let t = s.find(&q, FigKind::Timed)?;
     let c = s.find(&q, FigKind::Counted)?;
-    (t.median.is_finite() && c.median.is_finite()).then_some(ExitFigure {
-        cycles: t.median,
-        instructions: c.median,
+    Some(ExitFigure {
+        cycles: timed(t, boot)?,
+        instructions: c.median.is_finite().then_some(c.median)?,
     })
 }
 
@@ -497,13 +506,19 @@ impl Fit {
     /// of those: the floor is the same stores and flushes with no queue,
     /// so it holds little but the instructions and the events.
     pub fn of(s: &Summary) -> Fit {
+        Fit::of_boot(s, None)
+    }
+
+    /// As [`Fit::of`], on one timed boot's figures alone (`Some(index
+    /// into s.boots)`), or on the medians across boots (`None`).
+    pub fn of_boot(s: &Summary, boot: Option<usize>) -> Fit {
         let mut exits = Vec::new();
         for e in Event::ALL {
             for name in exit_name(e).unwrap_or(&[]) {
                 if exits.iter().any(|(n, _)| n == name) {
                     continue;
                 }
-                if let Some(f) = exit_figure(s, name) {
+                if let Some(f) = exit_figure(s, name, boot) {
                     exits.push((*name, f));
                 }
             }
@@ -524,7 +539,10 @@ impl Fit {
                 let Some(ev) = Events::of(&s.counters_source(c).fig) else {
                     continue;
                 };
-                let (mut y, mut x) = (t.median, c.median);
+                let Some(mut y) = timed(t, boot) else {
+                    continue;
+                };
+                let mut x = c.median;
                 let mut known = true;
                 for e in Event::ALL {
                     let n = ev.get(e);
@@ -604,6 +622,8 @@ pub struct Check {
     pub events: Events,
     pub predicted: f64,
     pub measured: f64,
+    /// The median across boots of (predicted − measured) ÷ measured.
+    pub error: f64,
     /// The floor figures are in the fit; their error checks only the fit.
     pub in_fit: bool,
     /// The timed figure's spread across boots, (max − min) ÷ median: a
@@ -613,9 +633,9 @@ pub struct Check {
 }
 
 impl Check {
-    /// (predicted − measured) ÷ measured.
+    /// The median across boots of (predicted − measured) ÷ measured.
     pub fn error(&self) -> f64 {
-        (self.predicted - self.measured) / self.measured
+        self.error
     }
 
     pub fn id(&self) -> String {
@@ -670,18 +690,35 @@ impl Check {
 }
 
 /// Every figure of the checked suites with a counted and a timed twin
-/// and counters, predicted.
-pub fn check(s: &Summary, fit: &Fit) -> Vec<Check> {
+/// and counters, predicted. Each timed boot is predicted with its own
+/// fit (`fits`: index into `s.boots`, and that boot's fit), since a
+/// shared host runs one boot faster than another; a figure's prediction
+/// and measurement are the medians across boots, and its error the median
+/// of each boot's error.
+pub fn check(s: &Summary, fits: &[(usize, Fit)]) -> Vec<Check> {
     let mut out = Vec::new();
     for suite in CHECKED_SUITES {
         for (c, t) in pairs(s, suite) {
             let Some(ev) = Events::of(&s.counters_source(c).fig) else {
                 continue;
             };
-            if t.median.is_nan() || t.median <= 0.0 || !c.median.is_finite() {
+            if !c.median.is_finite() {
                 continue;
             }
-            let Some(predicted) = fit.predict(c.median, &ev) else {
+            let (mut preds, mut meas, mut errs) = (Vec::new(), Vec::new(), Vec::new());
+            for (boot, fit) in fits {
+                let (Some(p), Some(m)) = (fit.predict(c.median, &ev), timed(t, Some(*boot))) else {
+                    continue;
+                };
+                if m > 0.0 && p.is_finite() {
+                    preds.push(p);
+                    meas.push(m);
+                    errs.push((p - m) / m);
+                }
+            }
+            let (Some(predicted), Some(measured), Some(error)) =
+                (median(preds), median(meas), median(errs))
+            else {
                 continue;
             };
             out.push(Check {
@@ -693,7 +730,8 @@ pub fn check(s: &Summary, fit: &Fit) -> Vec<Check> {
                 instructions: c.median,
                 events: ev,
                 predicted,
-                measured: t.median,
+                measured,
+                error,
                 in_fit: in_fit(c) && (suite == "mm" || suite == "smp"),
                 spread: t.spread(),
             });
@@ -839,7 +877,12 @@ pub fn project(s: &Summary) -> Vec<Projected> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
+    /// The fit on the medians across timed boots: the costs the report
+    /// shows.
     pub fit: Fit,
+    /// Each timed boot's own fit (index into `Summary::boots`), which the
+    /// check predicts that boot with.
+    pub boot_fits: Vec<(usize, Fit)>,
     pub checks: Vec<Check>,
     pub suites: Vec<SuiteError>,
     pub projected: Vec<Projected>,
@@ -847,10 +890,19 @@ pub struct Model {
 
 pub fn build(s: &Summary) -> Model {
     let fit = Fit::of(s);
-    let checks = check(s, &fit);
+    let boot_fits: Vec<(usize, Fit)> = s
+        .boots
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.kind() == FigKind::Timed)
+        .map(|(i, _)| (i, Fit::of_boot(s, Some(i))))
+        .filter(|(_, f)| f.cpi.is_some())
+        .collect();
+    let checks = check(s, &boot_fits);
     let suites = suite_errors(&checks);
     Model {
         fit,
+        boot_fits,
         checks,
         suites,
         projected: project(s),
@@ -951,9 +1003,19 @@ fn check_section(out: &mut String, m: &Model) {
     };
     let _ = writeln!(
         out,
-        "Fitted CPI: **{cpi:.2}** cycles per guest instruction (median over {} figures). This run's costs per \
-         event:\n",
-        m.fit.fit_figures
+        "Fitted CPI: **{cpi:.2}** cycles per guest instruction (median over {} figures, on the medians across \
+         boots). Each timed boot is predicted with its own fit, since a shared host runs one boot faster \
+         than another (CPI per boot: {}). This run's costs per event, from the medians across boots:\n",
+        m.fit.fit_figures,
+        if m.boot_fits.is_empty() {
+            "none".to_string()
+        } else {
+            m.boot_fits
+                .iter()
+                .map(|(_, f)| f.cpi.map_or("?".into(), |c| format!("{c:.2}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     );
     define(out, &["event", "this run", "from"]);
     let _ = writeln!(out, "| event | this run | from |\n|---|---|---|");
