@@ -392,8 +392,6 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
 
 // --- exits -------------------------------------------------------------------
 
-static EXIT_TARGET: AtomicU64 = AtomicU64::new(0);
-
 fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
     let k = p.exit_ops;
     let one = |name: &'static str, t: Timing| {
@@ -439,12 +437,18 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
             }
         }),
     );
-    let target = VirtAddr::from_ptr(&EXIT_TARGET);
+    // A 4 KiB window page, as the mm figures invalidate: not a kernel
+    // static, which sits in a 2 MiB identity mapping. QEMU's TCG flushes
+    // its whole TLB for an `invlpg` inside a large page it has cached, so
+    // a kernel address measured a full flush and its refill instead.
+    let va = VirtAddr::new(WINDOW_BASE + (40 << 30));
+    mm::map_anon(va, 1, Prot::READ_WRITE).map_err(|_| "map the exits page")?;
+    mm::flush();
     one(
         "invlpg",
         measure(p, k, || {
             for _ in 0..k {
-                x86_64::instructions::tlb::flush(target);
+                x86_64::instructions::tlb::flush(va);
             }
         }),
     );
@@ -475,9 +479,6 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
     );
     // A bare store to a leaf page-table entry of the window (the same value
     // again): what a trapping host charges per PTE write.
-    let va = VirtAddr::new(WINDOW_BASE + (40 << 30));
-    mm::map_anon(va, 1, Prot::READ_WRITE).map_err(|_| "map for pte_write")?;
-    mm::flush();
     // SAFETY: the entry gets back the value it holds, so the mm finds it
     // as it left it.
     let entry = unsafe { mm::raw_entry(va) }.ok_or("no leaf entry")?;

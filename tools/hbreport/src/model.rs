@@ -360,7 +360,7 @@ pub const REFERENCE: &[RefCost] = &[
     r!(KvmShadow, RemoteFullFlush, SHADOW_CR3, "exits on the target as on the sender", ["mmu-roots", "kvm-mmu"]),
     // --- nested, EPT on EPT ---
     r!(NestedEpt, InSyncStore, Cost::ZERO, "L2's tables are walked through L0's shadow of L1's EPT: no exit", ["turtles", "kvm-mmu"]),
-    r!(NestedEpt, UnsyncStore, Cost::ZERO, "as above", ["turtles"]),
+    r!(NestedEpt, UnsyncStore, Cost::ZERO, "L2's tables are walked through L0's shadow of L1's EPT: no exit", ["turtles"]),
     r!(NestedEpt, Invlpg, NATIVE_INVLPG, "L1 does not intercept INVLPG when it runs L2 with EPT", ["turtles", "flush-costs"]),
     r!(NestedEpt, FullFlush, NATIVE_CR3, "L1 does not intercept CR3 loads when it runs L2 with EPT", ["turtles", "flush-costs"]),
     r!(NestedEpt, Resync, Cost::ZERO, "no shadow tables of L2's", ["turtles"]),
@@ -376,7 +376,7 @@ pub const REFERENCE: &[RefCost] = &[
     r!(NestedShadow, Invlpg, Cost::at_least(13142.0), "a nested INVLPG exit", ["nested-vmexit", "kvm-mmu"]),
     r!(NestedShadow, FullFlush, Cost::at_least(13142.0), "a nested CR3-load exit", ["nested-vmexit", "kvm-mmu"]),
     r!(NestedShadow, Resync, Cost::at_least(0.0), "no published figure, priced at zero", ["kvm-mmu"]),
-    r!(NestedShadow, Refill, REFILL, "as native", ["flush-costs", "flush-ceiling"]),
+    r!(NestedShadow, Refill, REFILL, "as native: L1's shadow tables are walked in one dimension", ["flush-costs", "flush-ceiling"]),
     r!(NestedShadow, CrWrite, NESTED_EXIT, "a nested exit", ["nested-vmexit"]),
     r!(NestedShadow, Ipi, NESTED_IPI, "nested self-IPI (self_ipi_tpr)", ["nested-vmexit"]),
     r!(NestedShadow, Round, Cost::ZERO, "no cost per round beyond its IPIs", ["nested-vmexit"]),
@@ -501,10 +501,11 @@ impl Fit {
     /// Fits this run. An exits figure costs `C = I × CPI + c`, so an
     /// event's own cost is `c = C − I × CPI`; a floor figure costs
     /// `T = I × CPI + Σ n × c`. Putting the first into the second, each
-    /// floor figure (and the bare `pte_write` loop) gives
-    /// `CPI = (T − Σ n × C) / (I − Σ n × I_e)`, and the fit is the median
-    /// of those: the floor is the same stores and flushes with no queue,
-    /// so it holds little but the instructions and the events.
+    /// floor figure (and the bare `pte_write` loop) predicts
+    /// `T ≈ CPI × (I − Σ n × I_e) + Σ n × C`, and the CPI is the least
+    /// squares fit of those on the relative error: the floor is the same
+    /// stores and flushes with no queue, so it holds little but the
+    /// instructions and the events.
     pub fn of(s: &Summary) -> Fit {
         Fit::of_boot(s, None)
     }
@@ -528,21 +529,22 @@ impl Fit {
                 .iter()
                 .find_map(|n| exits.iter().find(|(x, _)| x == n).map(|(_, f)| *f))
         };
-        let mut samples = Vec::new();
+        // Each fit figure as (T, x, b): measured cycles T, and the
+        // prediction CPI × x + b, with x its instructions less its events'
+        // own exit-loop instructions and b the events' exit-loop cycles.
+        let mut points: Vec<(f64, f64, f64)> = Vec::new();
         if let Some(f) = exits.iter().find(|(n, _)| *n == "pte_write").map(|x| x.1) {
-            if f.instructions > 0.0 {
-                samples.push(f.cycles / f.instructions);
-            }
+            points.push((f.cycles, f.instructions, 0.0));
         }
         for suite in ["mm", "smp"] {
             for (c, t) in pairs(s, suite).filter(|(c, _)| in_fit(c)) {
                 let Some(ev) = Events::of(&s.counters_source(c).fig) else {
                     continue;
                 };
-                let Some(mut y) = timed(t, boot) else {
+                let Some(y) = timed(t, boot) else {
                     continue;
                 };
-                let mut x = c.median;
+                let (mut x, mut b) = (c.median, 0.0);
                 let mut known = true;
                 for e in Event::ALL {
                     let n = ev.get(e);
@@ -552,19 +554,28 @@ impl Fit {
                     match (exit_name(e), measured(e)) {
                         (None, _) => {}
                         (Some(_), Some(m)) => {
-                            y -= n * m.cycles;
+                            b += n * m.cycles;
                             x -= n * m.instructions;
                         }
                         (Some(_), None) => known = false,
                     }
                 }
-                if known && x > 0.0 && y.is_finite() {
-                    samples.push(y / x);
+                if known {
+                    points.push((y, x, b));
                 }
             }
         }
-        let fit_figures = samples.len();
-        let cpi = median(samples).filter(|c| *c > 0.0);
+        points.retain(|(t, x, b)| *t > 0.0 && t.is_finite() && x.is_finite() && b.is_finite());
+        let fit_figures = points.len();
+        // Least squares on the relative error, Σ ((CPI·x + b − T) ÷ T)²:
+        // a figure whose cost is mostly its events (a floor is mostly its
+        // flush) says little about the CPI and weighs little.
+        let (num, den) = points.iter().fold((0.0, 0.0), |(n, d), (t, x, b)| {
+            (n + x * (t - b) / (t * t), d + x * x / (t * t))
+        });
+        let cpi = (den > 0.0)
+            .then(|| num / den)
+            .filter(|c| c.is_finite() && *c > 0.0);
         let costs = Event::ALL
             .iter()
             .map(|e| {
@@ -1003,8 +1014,8 @@ fn check_section(out: &mut String, m: &Model) {
     };
     let _ = writeln!(
         out,
-        "Fitted CPI: **{cpi:.2}** cycles per guest instruction (median over {} figures, on the medians across \
-         boots). Each timed boot is predicted with its own fit, since a shared host runs one boot faster \
+        "Fitted CPI: **{cpi:.2}** cycles per guest instruction (least squares over {} figures on the relative error, on the medians \
+         across boots). Each timed boot is predicted with its own fit, since a shared host runs one boot faster \
          than another (CPI per boot: {}). This run's costs per event, from the medians across boots:\n",
         m.fit.fit_figures,
         if m.boot_fits.is_empty() {
