@@ -195,6 +195,7 @@ fn counters_obj(
         .u64("remote_invlpg", c.remote_invlpg)?
         .u64("remote_full_flushes", c.remote_full_flushes)?
         .u64("lazy_tlb_reloads", c.lazy_tlb_reloads)?
+        .u64("touches", c.touches)?
         .object("flushes_by_trigger", |t| {
             for trigger in Trigger::ALL {
                 t.u64(trigger.name(), c.flushes[trigger as usize])?;
@@ -449,6 +450,18 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
         measure(p, k, || {
             for _ in 0..k {
                 x86_64::instructions::tlb::flush(va);
+            }
+        }),
+    );
+    // An invlpg, then a read through the page: the read refills the
+    // translation. Less the invlpg figure, a TLB fill (TCG walks the guest
+    // tables in software).
+    one(
+        "tlb_fill",
+        measure(p, k, || {
+            for _ in 0..k {
+                x86_64::instructions::tlb::flush(va);
+                touch(va);
             }
         }),
     );
@@ -882,6 +895,10 @@ fn mm_figures<K: Kind>(
                 if backend == "floor" {
                     c = floor_counters(name, n, b, floor_ipis, p);
                 }
+                if touching {
+                    // One read of every page while it is mapped.
+                    c.touches = n * p.reps.min(MAX_REPS) as u64;
+                }
                 mm::flush();
                 if protect {
                     // Back to mapped read+write (the floor wrote the
@@ -928,6 +945,10 @@ fn floor_counters(name: &str, n: u64, b: u64, ipis: u64, p: &Params) -> Counters
     c.flushes[Trigger::Explicit as usize] = batches;
     if b as usize > INVLPG_CEILING {
         c.full_flushes = batches;
+        // Each full flush starts a sync epoch, and the batch then writes
+        // the leaf tables its pages lie in (512 pages each; the regions
+        // are 2 MiB aligned), as the queue counts `tables_unsynced`.
+        c.tables_unsynced = batches * b.div_ceil(512);
     } else {
         c.invlpg = b * batches;
     }

@@ -113,6 +113,9 @@ pub struct Counters {
     pub remote_full_flushes: u64,
     /// CR3 reloads on leaving lazy TLB mode.
     pub lazy_tlb_reloads: u64,
+    /// First accesses to freshly made translations, as the benchmark
+    /// declares them (TLB fills).
+    pub touches: u64,
 }
 
 /// Counters divided by `ops * reps`, as the guest computed them.

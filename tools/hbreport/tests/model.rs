@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 /// Recorded: `scripts/bench.sh --quick --runs 2` at 4 vCPUs on the
 /// development machine (QEMU 7.2 TCG), HB and error lines kept: one
 /// counting boot and two timed boots of a kernel with the `cr4_write`
-/// exit figure and every vCPU's counters in the smp suite.
+/// and `tlb_fill` exit figures, declared touches, and every vCPU's
+/// counters in the smp suite.
 const TCG_COUNT: &str = include_str!("../testdata/tcg-quick-count.serial");
 const TCG_TIMED_1: &str = include_str!("../testdata/tcg-quick-timed-1.serial");
 const TCG_TIMED_2: &str = include_str!("../testdata/tcg-quick-timed-2.serial");
@@ -412,7 +413,9 @@ fn a_wrong_term_shows_as_an_error_and_the_diagnosis_names_its_cost() {
     let mut md = String::new();
     model::markdown(&mut md, &m);
     assert!(
-        md.contains("- **smp**: 1 of 2 figures miss, 1 predicted too low"),
+        md.contains(
+            "- **smp**: 1 figure predicted too low; best explained by IPI, per target: 6,000 cycles each"
+        ),
         "{md}"
     );
     assert!(md.contains("IPI, per target: 3,000 → 6,000 cycles each"));
@@ -507,7 +510,13 @@ fn a_tcg_run_gets_a_prediction_against_measurement_for_every_figure() {
         "{:?}",
         m.fit.cpi
     );
-    for e in [Event::Invlpg, Event::FullFlush, Event::CrWrite, Event::Ipi] {
+    for e in [
+        Event::Invlpg,
+        Event::FullFlush,
+        Event::CrWrite,
+        Event::Ipi,
+        Event::Touch,
+    ] {
         assert!(m.fit.cost(e).is_some_and(|c| c > 0.0), "{e:?} measured");
     }
     // Every figure of the checked suites that has both twins and counters
