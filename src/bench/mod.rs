@@ -1137,10 +1137,10 @@ fn smp_figures<K: Kind>(
                 must(pool.map(base, 0, n, Prot::READ));
                 mm::flush();
                 readers.settle();
-                // Every vCPU's counters, read outside the timed region: the
-                // readers' remote invalidations are what a shootdown makes
-                // them run (the cost model prices them).
-                let before = mm::counters_all();
+                // With the readers' remote invalidations, which a
+                // shootdown makes them run (the cost model prices them),
+                // read without interrupting them.
+                let before = mm::counters_with_others_remote();
                 let t0 = tsc::rdtsc();
                 for c in (0..n).step_by(b as usize) {
                     mm::batch(|| {
@@ -1153,7 +1153,7 @@ fn smp_figures<K: Kind>(
                 let dt = tsc::rdtsc() - t0;
                 if rep >= p.warmup {
                     let _ = samples.push(dt);
-                    counters.add(&mm::counters_all().since(&before));
+                    counters.add(&mm::counters_with_others_remote().since(&before));
                 }
             }
             drop(readers);
