@@ -851,6 +851,10 @@ pub struct Projected {
     pub vcpus: u64,
     /// Per platform (in [`Platform::ALL`] order): (immediate, batched).
     pub cells: Vec<(Cost, Cost)>,
+    /// This run: (immediate, batched) as the fit predicts them, and as
+    /// the timed boots measured them (medians across boots).
+    pub this_run_predicted: Option<(f64, f64)>,
+    pub this_run_measured: Option<(f64, f64)>,
 }
 
 impl Projected {
@@ -875,7 +879,7 @@ impl Projected {
 
 /// The figures projected: per suite, each benchmark at its largest batch
 /// (mm, cpu) or its most vCPUs (smp, workload), immediate against batched.
-pub fn project(s: &Summary) -> Vec<Projected> {
+pub fn project(s: &Summary, fit: &Fit) -> Vec<Projected> {
     let mut out: Vec<Projected> = Vec::new();
     for suite in ["mm", "cpu", "smp", "workload"] {
         let mut names: Vec<&str> = Vec::new();
@@ -896,11 +900,16 @@ pub fn project(s: &Summary) -> Vec<Projected> {
             let (Some(ei), Some(eb)) = (Events::of(&imm.fig), Events::of(&bat.fig)) else {
                 continue;
             };
+            let measured = |a: &Agg| s.twin(a, FigKind::Timed).map(|t| t.median);
             out.push(Projected {
                 suite: suite.to_string(),
                 name: name.to_string(),
                 batch: bat.key.batch,
                 vcpus: bat.key.vcpus,
+                this_run_predicted: fit
+                    .predict(imm.median, &ei)
+                    .zip(fit.predict(bat.median, &eb)),
+                this_run_measured: measured(imm).zip(measured(bat)),
                 cells: Platform::ALL
                     .iter()
                     .map(|p| {
@@ -943,12 +952,13 @@ pub fn build(s: &Summary) -> Model {
         .collect();
     let checks = check(s, &boot_fits);
     let suites = suite_errors(&checks);
+    let projected = project(s, &fit);
     Model {
         fit,
         boot_fits,
         checks,
         suites,
-        projected: project(s),
+        projected,
     }
 }
 
@@ -1124,6 +1134,19 @@ fn check_section(out: &mut String, m: &Model) {
         );
     }
     let _ = writeln!(out);
+    let checked: usize = m.suites.iter().map(|x| x.figures).sum();
+    let unsteady: usize = m.suites.iter().map(|x| x.unsteady).sum();
+    if checked > 0 && unsteady * 2 > checked {
+        let _ = writeln!(
+            out,
+            "**The measurements move more than the target.** {unsteady} of the {checked} checked figures spread by \
+             more than {:.0}% across this run's timed boots (the fitted CPI per boot above shows how much the \
+             host's speed changed between them), so an error within ±{:.0}% cannot be told apart from the \
+             host's noise here; the counted figures, which do not move, are the ones to compare builds on.\n",
+            TARGET_ERROR * 100.0,
+            TARGET_ERROR * 100.0
+        );
+    }
     // Per figure: every one, in one table; a miss says which term would
     // have to change.
     let _ = writeln!(
@@ -1348,7 +1371,8 @@ fn projection_section(out: &mut String, m: &Model) {
          Under shadow paging the first store to a leaf table per sync epoch faults and the rest are plain \
          stores, so what batching saves there is the `invlpg` exits and the IPIs, not the stores. With \
          several vCPUs the instructions are every vCPU's (the readers' loops too), which overstates the \
-         software term.\n",
+         software term. The guest issues no hypercall of its own (it drains its queue itself); the one \
+         PV_SEND_IPI would add is priced per shootdown round.\n",
         NATIVE_CPI.text()
     );
     if m.projected.is_empty() {
@@ -1365,11 +1389,17 @@ fn projection_section(out: &mut String, m: &Model) {
         "Projected immediate ÷ batched (above 1: batching saves); figures whose columns would repeat are \
          merged:\n"
     );
+    // Each figure's column: this run predicted and measured, then every
+    // platform; figures whose columns are the same share one.
+    let this_run =
+        |r: Option<(f64, f64)>| r.map_or("n/a".to_string(), |(i, b)| ratio_range((i / b, i / b)));
     let mut cols: Vec<(Vec<String>, Vec<String>)> = Vec::new();
     for pr in &m.projected {
-        let cells: Vec<String> = (0..Platform::ALL.len())
-            .map(|i| ratio_range(pr.ratio(i)))
-            .collect();
+        let mut cells = vec![
+            this_run(pr.this_run_predicted),
+            this_run(pr.this_run_measured),
+        ];
+        cells.extend((0..Platform::ALL.len()).map(|i| ratio_range(pr.ratio(i))));
         match cols.iter_mut().find(|(_, c)| *c == cells) {
             Some((names, _)) => names.push(pr.label()),
             None => cols.push((vec![pr.label()], cells)),
@@ -1382,12 +1412,22 @@ fn projection_section(out: &mut String, m: &Model) {
         let _ = write!(head, " {} |", cell(&names.join("; ")));
         rule += "---|";
     }
+    let _ = writeln!(out, "{head}\n{rule}");
+    for (i, label) in [
+        "this run, the model's prediction",
+        "this run, measured (timed medians)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let cells: Vec<String> = cols.iter().map(|(_, c)| c[i].clone()).collect();
+        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+    }
     let rows: Vec<(Platform, Vec<String>)> = Platform::ALL
         .iter()
         .enumerate()
-        .map(|(i, p)| (*p, cols.iter().map(|(_, c)| c[i].clone()).collect()))
+        .map(|(i, p)| (*p, cols.iter().map(|(_, c)| c[i + 2].clone()).collect()))
         .collect();
-    let _ = writeln!(out, "{head}\n{rule}");
     for (ps, cells) in collapsed(rows) {
         let label: Vec<&str> = ps.iter().map(|p| p.label()).collect();
         let _ = writeln!(

@@ -681,7 +681,7 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
             "unmap_shootdown" => "unmap a page while other vCPUs hold its translation, so each unmap must interrupt them (a shootdown) before the frame can be reused; per page",
             "cow_snapshot" => "a copy-on-write snapshot: write-protect a working set, then copy each page on its first write (a real protection fault); per write",
             "arena" => "an arena that grows page by page while records are written into it and shrinks from its old end; per write",
-            "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "cr4_write" | "pte_write" | "self_ipi"
+            "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "cr4_write" | "tlb_fill" | "pte_write" | "self_ipi"
             | "ipi_roundtrip" => {
                 continue;
             }
@@ -692,8 +692,8 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
     if s.suite_any("exits").next().is_some() {
         let _ = writeln!(
             out,
-            "- `exits` suite: one privileged instruction repeated (`cpuid`, port I/O, `invlpg`, a CR3 reload, a CR4 \
-             write, a page-table store, a self-IPI, an IPI to another vCPU and back): on a hypervisor each would be a VM \
+            "- `exits` suite: one privileged instruction repeated (`cpuid`, port I/O, `invlpg`, an `invlpg` \
+             and a read that refills the translation, a CR3 reload, a CR4 write, a page-table store, a self-IPI, an IPI to another vCPU and back): on a hypervisor each would be a VM \
              exit; under TCG it is what the emulator charges."
         );
     }
