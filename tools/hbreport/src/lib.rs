@@ -10,7 +10,8 @@
 //! [`host`] holds what the host knew, [`summary`] groups the figures of
 //! every boot, [`targets`] checks them against the project's targets,
 //! [`model`] is the cost model (checked on this run's exits, projected
-//! onto other platforms with the published costs of [`sources`]),
+//! onto the [`platforms`] with the published costs of [`sources`];
+//! [`model_report`] writes its sections),
 //! [`plots`] draws, [`report`] writes the
 //! markdown and [`results`] the JSON and CSV; [`check`] holds what CI
 //! requires of a run, [`compare`] judges two runs. [`build`] does the
@@ -21,6 +22,8 @@ pub mod compare;
 pub mod host;
 pub mod log;
 pub mod model;
+pub mod model_report;
+pub mod platforms;
 pub mod plots;
 pub mod report;
 pub mod results;
