@@ -12,6 +12,16 @@
 #     exact instruction counts, the same in every boot;
 #   - the timed boots measure TSC cycles; each timed figure is the median
 #     across them, with its spread.
+# A full run (not --quick) then boots the same kinds again at --extra-smp
+# vCPUs (16) with only the smp and scale suites, so that shootdowns and
+# concurrent mm calls are measured up to 16 vCPUs without every suite there
+# (a whole benchmark at 16 vCPUs took 288 s of counting boot against 54 s at
+# 4). On a 2-core development machine they add about 90 s to a full run's
+# 50 s of boots: 72 s of counting boot (most of it bringing 16 vCPUs up under
+# icount: run=boot alone takes 49 s there, 3.5 s at 4 vCPUs) and 5 s per
+# timed boot. Their logs are
+# serial-{count,timed}-smp16-N.log; their figures' ids end in /smp=16, apart
+# from the run's own.
 #
 #   --runs N           timed boots (default 3; 1 with --quick, whose figures
 #                      are for checking the pipeline, not for quoting); with
@@ -27,6 +37,11 @@
 #                      of QEMU; PATH is its binary (default: $CLOUD_HYPERVISOR,
 #                      else cloud-hypervisor on PATH)
 #   --smp N            vCPUs (default 4: the smp suite goes up to all of them)
+#   --extra-smp N      the vCPUs of a full run's extra smp,scale boots
+#                      (default 16; 0, or no more than --smp: none); with a
+#                      suite= list they run the smp and scale it names, if any
+#                      (with HB_TCG_THREAD=multi on a small host, 0 avoids 16
+#                      vCPU threads waiting on each other's time slices)
 #   --machine M        QEMU machine: microvm, pc or q35 (default microvm)
 #   --accel A          the timed boots' accelerator: auto, tcg or kvm (default
 #                      auto, which picks TCG on hosts whose KVM interprets
@@ -47,7 +62,7 @@
 #   -- EXTRA...        more kernel command line, e.g. -- suite=mm
 #
 # Examples:
-#   scripts/bench.sh                        the full run (about 1 minute of boots)
+#   scripts/bench.sh                        the full run (about 2.5 minutes of boots)
 #   scripts/bench.sh --quick                a short run (what CI checks)
 #   scripts/bench.sh --icount --quick       counting only: the same figures every time
 #   scripts/bench.sh --quick -- suite=mm    one suite
@@ -80,6 +95,7 @@ mode=both
 vmm=qemu
 ch_path=""
 smp=4
+extra_smp=16
 machine=microvm
 accel=auto
 mem=512M
@@ -101,10 +117,11 @@ need() { [[ $# -ge 2 && -n "$2" ]] || bad "$1 needs a value (see --help)"; }
 abs() { [[ "$1" == /* ]] && echo "$1" || echo "$PWD/$1"; }
 while (($#)); do
     case "$1" in
-    --smp | --machine | --accel | --mem | --timeout | --kernel | --out | --from-log | --runs)
+    --smp | --extra-smp | --machine | --accel | --mem | --timeout | --kernel | --out | --from-log | --runs)
         need "$@"
         case "$1" in
         --smp) smp="$2" ;;
+        --extra-smp) extra_smp="$2" ;;
         --machine) machine="$2" ;;
         --accel) accel="$2" ;;
         --mem) mem="$2" ;;
@@ -147,6 +164,7 @@ done
 
 # ---- every option is checked here, before anything is built ----
 [[ "$smp" =~ ^[1-9][0-9]{0,3}$ ]] || bad "--smp must be a number from 1 to 9999, not '$smp'"
+[[ "$extra_smp" =~ ^(0|[1-9][0-9]{0,3})$ ]] || bad "--extra-smp must be a number from 0 to 9999, not '$extra_smp'"
 case "$machine" in microvm | pc | q35) ;; *) bad "--machine must be microvm, pc or q35, not '$machine'" ;; esac
 case "$accel" in auto | tcg | kvm) ;; *) bad "--accel must be auto, tcg or kvm, not '$accel'" ;; esac
 [[ "$mem" =~ ^[1-9][0-9]{0,6}[KMGT]?$ ]] || bad "--mem must look like 512M or 1G, not '$mem'"
@@ -232,6 +250,29 @@ for w in "${extra[@]}"; do
 done
 if [[ -z "$runs" ]]; then
     if [[ "$mode" == count ]] || ((quick)); then runs=1; else runs=3; fi
+fi
+# The extra boots of a full run: the smp and scale suites at --extra-smp
+# vCPUs, or those of them a suite= list names. Everything else on the
+# command line goes with them.
+extra_suites=""
+extra_rest=()
+if ((!quick && extra_smp > smp && ${#logs_in[@]} == 0)); then
+    wanted=(smp scale)
+    for w in "${extra[@]}"; do
+        if [[ "$w" == suite=* ]]; then
+            wanted=()
+            IFS=, read -r -a asked <<<"${w#suite=}"
+            for a in "${asked[@]}"; do
+                [[ "$a" == smp || "$a" == scale ]] && wanted+=("$a")
+            done
+        else
+            extra_rest+=("$w")
+        fi
+    done
+    extra_suites="$(
+        IFS=,
+        echo "${wanted[*]}"
+    )"
 fi
 counting=0
 timed=0
@@ -376,6 +417,12 @@ if ((${#logs_in[@]})); then
         [[ -e "$stage/$name" ]] && name="$(basename "$(dirname "$f")")-$name"
         cp -- "$f" "$stage/$name"
         logs+=("$stage/$name")
+        # Its run log says how QEMU ran it (hbreport reads the TCG
+        # threading from it); it keeps its serial log's name.
+        run_in="$(dirname "$f")/$(basename "$f" | sed 's/^serial-/run-/')"
+        if [[ "$(basename "$f")" == serial-* && -f "$run_in" ]]; then
+            cp -- "$run_in" "$stage/${name/serial-/run-}"
+        fi
     done
     [[ -n "$host_in" ]] && cp -- "$host_in" "$stage/host.json"
     hb_say "no boot: reporting on ${#logs[@]} saved log(s)${host_in:+ and their host.json}"
@@ -389,23 +436,28 @@ else
     ((quick)) && cmdline+=(quick)
     cmdline+=("${extra[@]}")
     total=$((counting + timed))
+    [[ -n "$extra_suites" ]] && total=$((total * 2))
     i=0
+    # boot_one KIND N [VCPUS TAG CMDLINE...]: one boot; the extra boots
+    # give their vCPUs, a tag for the log names and their command line.
     boot_one() {
-        local kind="$1" n="$2" serial runlog rc run
+        local kind="$1" n="$2" vcpus="${3:-$smp}" tag="${4:-}" serial runlog rc run
+        local words=("${cmdline[@]}")
+        (($# > 4)) && words=("${@:5}")
         i=$((i + 1))
-        serial="$stage/serial-$kind-$n.log"
-        runlog="$stage/run-$kind-$n.log"
+        serial="$stage/serial-$kind$tag-$n.log"
+        runlog="$stage/run-$kind$tag-$n.log"
         if [[ "$vmm" == ch ]]; then
-            run=(scripts/run-ch.sh --ch "$ch_bin" --smp "$smp" --mem "$mem")
+            run=(scripts/run-ch.sh --ch "$ch_bin" --smp "$vcpus" --mem "$mem")
         else
-            run=(scripts/run-qemu.sh --machine "$machine" --smp "$smp" --mem "$mem")
+            run=(scripts/run-qemu.sh --machine "$machine" --smp "$vcpus" --mem "$mem")
             if [[ "$kind" == count ]]; then
                 run+=(--icount)
             else
                 run+=(--accel "$accel")
             fi
         fi
-        run+=(--kernel "$kernel" --timeout "$timeout" --log "$serial" -- "${cmdline[@]}")
+        run+=(--kernel "$kernel" --timeout "$timeout" --log "$serial" -- "${words[@]}")
         hb_say "boot $i/$total ($([[ "$kind" == count ]] && echo counting || echo timed)): $(hb_show "${run[@]}")"
         # The VMM script's messages go to stderr and into run-*.log; its
         # stdout is the serial stream, which feeds the progress lines.
@@ -439,6 +491,16 @@ else
         for ((n = 1; n <= timed; n++)); do
             boot_one timed "$n" || vmm_rc=$?
             ((vmm_rc == 0)) || break
+        done
+    fi
+    if [[ -n "$extra_suites" ]] && ((vmm_rc == 0)); then
+        wide=(run=bench suite="$extra_suites" "${extra_rest[@]}")
+        hb_say "the extra boots: suite=$extra_suites at $extra_smp vCPUs"
+        for ((n = 1; n <= counting && vmm_rc == 0; n++)); do
+            boot_one count "$n" "$extra_smp" "-smp$extra_smp" "${wide[@]}" || vmm_rc=$?
+        done
+        for ((n = 1; n <= timed && vmm_rc == 0; n++)); do
+            boot_one timed "$n" "$extra_smp" "-smp$extra_smp" "${wide[@]}" || vmm_rc=$?
         done
     fi
     [[ "$vmm" == ch ]] && accel=kvm

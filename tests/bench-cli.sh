@@ -9,6 +9,10 @@
 #     report, marked FAILED;
 #   - --from-log takes the log's accelerator, machine and date from the run's
 #     host.json, and says "not recorded" for a bare log;
+#   - --from-log brings each boot's run log, from which the report reads
+#     how QEMU ran it;
+#   - a full run boots the --extra-smp machine for the smp suite and reports
+#     its figures apart, and boots none for suites it does not cover;
 #   - a boot the guest refuses (`-- suite=nosuch`) surfaces the guest's own
 #     message and leaves no report, only the logs and FAILED.
 # Nothing here asserts a time.
@@ -75,6 +79,7 @@ for case in \
     "--machine foo|--machine must be microvm, pc or q35, not 'foo'" \
     "--mem 12X|--mem must look like 512M or 1G, not '12X'" \
     "--smp 0|--smp must be a number from 1 to 9999, not '0'" \
+    "--extra-smp x|--extra-smp must be a number from 0 to 9999, not 'x'" \
     "--runs 0|--runs must be a number from 1 to 99, not '0'" \
     "--timeout 9999999999999|--timeout must be whole seconds from 1 to 604800" \
     "--icount --timed|--icount and --timed exclude each other" \
@@ -149,6 +154,13 @@ if grep -q "counting: TCG, single-threaded, icount" "$md" && grep -q "· microvm
 else
     bad "--from-log lost the run's accelerator, machine or date" "$md"
 fi
+# Its run log came along, and the TCG threading is read from it.
+if [[ -f "$work/again/run-count-1.log" ]] &&
+    grep -q '"tcg_thread_from": "the QEMU command line"' "$work/again/results.json"; then
+    ok "--from-log DIR brings each boot's run log, and the report reads how QEMU ran"
+else
+    bad "--from-log DIR lost the run logs or their TCG threading" "$work/again/results.json"
+fi
 # A bare log: what the log says, and "not recorded" for the rest.
 cp "$src/serial-count-1.log" "$work/bare.log"
 expect "--from-log of a bare log" 0 "done" -- --from-log bare.log --out bare
@@ -168,6 +180,26 @@ expect "--from-log of a failed guest exits with its status" 3 "the guest exited 
 grep -v '"event":"exit"' "$src/serial-count-1.log" >"$work/noexit.log"
 expect "--from-log of a log without an exit record exits 125" 125 "has no HB exit record" \
     -- --from-log noexit.log --out noexit
+
+# ---- a full run's extra boots: the smp suite again on a wider machine ----
+# Small on purpose: the smp suite alone, 1 vCPU, extra boots at 2.
+expect "a full run boots the extra machine for the smp suite" 0 "the extra boots: suite=smp at 2 vCPUs" \
+    -- --icount --smp 1 --extra-smp 2 --kernel "$kernel" --out wide -- suite=smp
+if [[ -f "$work/wide/serial-count-smp2-1.log" && -f "$work/wide/run-count-smp2-1.log" ]] &&
+    grep -q "### smp at up to 2 vCPUs" "$work/wide/report.md" &&
+    grep -q '"id": "smp/unmap_shootdown/batched/batch=256/vcpus=2/smp=2"' "$work/wide/results.json"; then
+    ok "the extra boot's figures are reported apart, under ids ending in /smp=2"
+else
+    bad "the extra boot's logs or figures are missing" "$work/err.txt"
+fi
+# With a suite= list that names neither smp nor scale, no extra boot.
+expect "no extra boot for suites it does not cover" 0 "done" \
+    -- --icount --smp 1 --extra-smp 2 --kernel "$kernel" --out narrow -- suite=cpu
+if grep -q "the extra boots" "$work/err.txt" || [[ -e "$work/narrow/serial-count-smp2-1.log" ]]; then
+    bad "suite=cpu booted the extra machine" "$work/err.txt"
+else
+    ok "suite=cpu boots no extra machine"
+fi
 
 # ---- a boot the guest refuses: its own message, no report ----
 expect "-- suite=nosuch surfaces the guest's message" 1 \

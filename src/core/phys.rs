@@ -3,8 +3,8 @@
 //! host.
 //!
 //! The kernel's implementation returns pointers through its identity map; the
-//! host tests use [`fake::FakeRam`], a byte buffer placed at a chosen physical
-//! base. Everything that reads boot structures, firmware tables or page tables
+//! host tests use `fake::FakeRam` (built for tests only), a byte buffer
+//! placed at a chosen physical base. Everything that reads boot structures, firmware tables or page tables
 //! goes through [`PhysMemory`], so every out-of-range address becomes an error
 //! instead of a wild pointer.
 

@@ -9,7 +9,7 @@ use crate::log::{Log, Query};
 use crate::summary::Summary;
 
 /// The suites `run=bench` runs (the kernel's bench::run).
-pub const SUITES: &[&str] = &["exits", "mm", "cpu", "smp", "workload"];
+pub const SUITES: &[&str] = &["exits", "mm", "cpu", "smp", "scale", "workload"];
 
 /// Every problem of one boot's log, one sentence each; empty when it passes.
 pub fn check(log: &Log) -> Vec<String> {
@@ -17,9 +17,9 @@ pub fn check(log: &Log) -> Vec<String> {
     for k in &log.skipped {
         problems.push(k.to_string());
     }
-    // `suite=NAME` runs one suite; the guest itself refuses an unknown one.
+    // `suite=A,B` runs those suites; the guest itself refuses an unknown one.
     let wanted: Vec<&str> = match log.cmdline_key("suite") {
-        Some(one) => vec![one],
+        Some(list) => list.split(',').filter(|w| !w.is_empty()).collect(),
         None => SUITES.to_vec(),
     };
     for suite in wanted {

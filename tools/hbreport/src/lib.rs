@@ -23,13 +23,17 @@ pub mod host;
 pub mod log;
 pub mod model;
 pub mod model_report;
+pub mod pagesize;
 pub mod platforms;
 pub mod plots;
 pub mod report;
 pub mod results;
+pub mod scale;
 pub mod sources;
 pub mod summary;
 pub mod targets;
+pub mod vcpus;
+pub mod vmm;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -120,7 +124,17 @@ pub fn parse_boot(file: &str, text: &str, strict: bool, host: &host::Host) -> Re
         log,
         accel: host.accel.clone(),
         tcg_thread: host.tcg_thread.clone(),
+        launch: None,
     })
+}
+
+/// The VMM command line of the boot whose serial log is `path`: its
+/// run-*.log in the same directory, when there is one that says.
+fn launch_of(path: &Path) -> Option<vmm::Launch> {
+    let name = vmm::run_log_name(&file_name(path))?;
+    let run = path.with_file_name(&name);
+    let bytes = std::fs::read(&run).ok()?;
+    vmm::parse(&String::from_utf8_lossy(&bytes), &name)
 }
 
 /// Reads the logs and the host record.
@@ -157,7 +171,9 @@ pub fn load(opts: &Options) -> Result<Summary, Error> {
             name = format!("{name} (#{})", names.len() + 1);
         }
         names.push(name.clone());
-        boots.push(parse_boot(&name, &text, opts.strict, &host)?);
+        let mut boot = parse_boot(&name, &text, opts.strict, &host)?;
+        boot.launch = launch_of(path);
+        boots.push(boot);
     }
     Ok(Summary::new(boots, host))
 }

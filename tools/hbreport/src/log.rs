@@ -31,6 +31,9 @@ pub const MAX_VCPUS: u64 = 4096;
 /// holds 256 entries), low enough that a log2 axis stays a few dozen steps.
 pub const MAX_BATCH: u64 = 1 << 32;
 
+/// The largest page a figure may claim: x86-64's 1 GiB page.
+pub const MAX_PAGE_BYTES: u64 = 1 << 30;
+
 /// How many guest error lines a log keeps (the first ones: later errors
 /// are usually consequences).
 const GUEST_ERRORS_MAX: usize = 20;
@@ -154,6 +157,11 @@ pub struct Figure {
     pub events_per_op: Option<PerOp>,
     #[serde(default)]
     pub checksum: Option<String>,
+    /// The page size one operation works on, in bytes (4096 or 2 MiB; 0:
+    /// not a page operation). Absent from records older than the 2 MiB
+    /// figures, which were all 4 KiB where they were page operations.
+    #[serde(default)]
+    pub page_bytes: Option<u64>,
 }
 
 impl Figure {
@@ -234,6 +242,13 @@ impl Figure {
                 "batch={} vcpus={}: at most {MAX_BATCH} and {MAX_VCPUS}",
                 self.batch, self.vcpus
             ));
+        }
+        if let Some(b) = self.page_bytes {
+            if b != 0 && (!b.is_power_of_two() || b > MAX_PAGE_BYTES) {
+                return Err(format!(
+                    "page_bytes={b}: a page size is a power of two of at most 1 GiB (or 0)"
+                ));
+            }
         }
         if self.unit != "instructions" && self.unit != "cycles" {
             return Err(format!(

@@ -477,7 +477,11 @@ impl Check {
 /// shared host runs one boot faster than another; a figure's prediction
 /// and measurement are the medians across boots, and its error the median
 /// of each boot's error.
-pub fn check(s: &Summary, fits: &[(usize, Fit)]) -> Vec<Check> {
+///
+/// A figure none of whose boots has a fit of its own (a boot of another
+/// machine that ran no `exits` suite) is predicted with `pooled`, the fit
+/// on the medians across boots.
+pub fn check(s: &Summary, fits: &[(usize, Fit)], pooled: &Fit) -> Vec<Check> {
     let mut out = Vec::new();
     for suite in CHECKED_SUITES {
         for (c, t) in pairs(s, suite) {
@@ -496,6 +500,15 @@ pub fn check(s: &Summary, fits: &[(usize, Fit)]) -> Vec<Check> {
                     preds.push(p);
                     meas.push(m);
                     errs.push((p - m) / m);
+                }
+            }
+            if preds.is_empty() {
+                if let (Some(p), Some(m)) = (pooled.predict(c.median, &ev), timed(t, None)) {
+                    if m > 0.0 && p.is_finite() {
+                        preds.push(p);
+                        meas.push(m);
+                        errs.push((p - m) / m);
+                    }
                 }
             }
             let (Some(predicted), Some(measured), Some(error)) =
@@ -689,7 +702,7 @@ pub fn build(s: &Summary) -> Model {
         .map(|(i, _)| (i, Fit::of_boot(s, Some(i))))
         .filter(|(_, f)| f.cpi.is_some())
         .collect();
-    let checks = check(s, &boot_fits);
+    let checks = check(s, &boot_fits, &fit);
     let suites = suite_errors(&checks);
     let projected = project(s, &fit);
     Model {

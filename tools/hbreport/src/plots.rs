@@ -38,12 +38,12 @@ const FONT: &str = "sans-serif";
 const MAX_TICKS: usize = 12;
 
 /// Colours per backend, the same in every plot.
-const IMMEDIATE: RGBColor = RGBColor(0xd6, 0x27, 0x28);
-const BATCHED: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+pub(crate) const IMMEDIATE: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+pub(crate) const BATCHED: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const FLOOR: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
 const OTHER: RGBColor = RGBColor(0x7f, 0x7f, 0x7f);
 /// Colours per mm figure, for plots that put several on one panel.
-const NAMES: [RGBColor; 6] = [
+pub(crate) const NAMES: [RGBColor; 6] = [
     RGBColor(0x94, 0x67, 0xbd),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x8c, 0x56, 0x4b),
@@ -53,7 +53,7 @@ const NAMES: [RGBColor; 6] = [
 ];
 const GREY: RGBColor = RGBColor(0x55, 0x55, 0x55);
 
-fn colour(backend: &str) -> RGBColor {
+pub(crate) fn colour(backend: &str) -> RGBColor {
     match backend {
         "immediate" => IMMEDIATE,
         "batched" => BATCHED,
@@ -88,10 +88,10 @@ pub struct Plot {
     pub svg: String,
 }
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Scale {
+pub(crate) enum Scale {
     /// Powers of two (batch sizes).
     Log2,
     /// Decades, ticks at 1, 2 and 5 times a power of ten.
@@ -315,34 +315,34 @@ fn nice_step(x: f64) -> f64 {
 
 /// One line on a panel, with an optional band (x, low, high).
 #[derive(Debug, Clone)]
-struct Series {
-    label: String,
-    colour: RGBColor,
-    dashed: bool,
+pub(crate) struct Series {
+    pub(crate) label: String,
+    pub(crate) colour: RGBColor,
+    pub(crate) dashed: bool,
     /// Drawn wide and pale, under the others: a line that another may
     /// cover exactly (the floor under batched) stays visible.
-    wide: bool,
-    points: Vec<(f64, f64)>,
-    band: Vec<(f64, f64, f64)>,
+    pub(crate) wide: bool,
+    pub(crate) points: Vec<(f64, f64)>,
+    pub(crate) band: Vec<(f64, f64, f64)>,
 }
 
 #[derive(Debug, Clone)]
-struct Panel {
-    title: String,
-    x: Scale,
-    y: Scale,
-    x_desc: String,
-    y_desc: String,
-    series: Vec<Series>,
+pub(crate) struct Panel {
+    pub(crate) title: String,
+    pub(crate) x: Scale,
+    pub(crate) y: Scale,
+    pub(crate) x_desc: String,
+    pub(crate) y_desc: String,
+    pub(crate) series: Vec<Series>,
     /// A vertical marker (x, label): the invlpg ceiling.
-    vline: Option<(f64, String)>,
+    pub(crate) vline: Option<(f64, String)>,
     /// A horizontal marker (y, label): break-even.
-    hline: Option<(f64, String)>,
-    legend: SeriesLabelPosition,
+    pub(crate) hline: Option<(f64, String)>,
+    pub(crate) legend: SeriesLabelPosition,
 }
 
 impl Panel {
-    fn has_points(&self) -> bool {
+    pub(crate) fn has_points(&self) -> bool {
         self.series.iter().any(|s| {
             s.points
                 .iter()
@@ -498,7 +498,7 @@ fn draw_panel<'b>(area: &DrawingArea<SVGBackend<'b>, Shift>, p: &Panel) -> DrawR
 }
 
 /// A figure: title, subtitle, panels side by side, as SVG text.
-fn figure(
+pub(crate) fn figure(
     title: &str,
     subtitle: &str,
     panels: &[Panel],
@@ -600,6 +600,9 @@ pub fn draw_all(s: &Summary) -> Result<Vec<Plot>, Error> {
             .map(|k| smp_panel(s, *k))
             .collect(),
     )?;
+    out.extend(crate::vcpus::plots(s)?);
+    out.extend(crate::scale::plots(s)?);
+    out.extend(crate::pagesize::plots(s)?);
     let bars = workload_bars(s);
     if !bars.is_empty() {
         let file = "workloads.svg".to_string();
@@ -623,7 +626,7 @@ pub fn draw_all(s: &Summary) -> Result<Vec<Plot>, Error> {
 
 /// The band of a figure: across boots when there are several, else
 /// across repetitions (min to p99 timed, min to max counted).
-fn band(a: &Agg) -> (f64, f64) {
+pub(crate) fn band(a: &Agg) -> (f64, f64) {
     if a.values.len() > 1 {
         return (a.min, a.max);
     }
@@ -635,7 +638,7 @@ fn band(a: &Agg) -> (f64, f64) {
     (lo.min(a.median), hi.max(a.median))
 }
 
-fn kind_desc(kind: FigKind) -> (&'static str, &'static str) {
+pub(crate) fn kind_desc(kind: FigKind) -> (&'static str, &'static str) {
     match kind {
         FigKind::Counted => (
             "counted: guest instructions",
@@ -820,7 +823,7 @@ fn smp_panel(s: &Summary, kind: FigKind) -> Panel {
     for backend in ["immediate", "batched"] {
         let mut figs: Vec<&Agg> = s
             .suite("smp", kind)
-            .filter(|a| a.key.backend == backend)
+            .filter(|a| a.key.backend == backend && a.key.name == "unmap_shootdown")
             .collect();
         figs.sort_by_key(|a| a.key.vcpus);
         figs.dedup_by_key(|a| a.key.vcpus);

@@ -98,7 +98,7 @@ pub fn ratio(x: f64) -> String {
 
 /// A per-operation count (flushes, privileged operations): small numbers
 /// with enough decimals to show 1/256.
-fn count(x: Option<f64>) -> String {
+pub(crate) fn count(x: Option<f64>) -> String {
     match x {
         None => "—".into(),
         Some(0.0) => "0".into(),
@@ -109,13 +109,13 @@ fn count(x: Option<f64>) -> String {
 }
 
 /// Text for a table cell: a `|` would split the cell.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
 /// A figure's value for a table: counted exact, timed with its spread
 /// across boots and the noisy mark.
-fn value(a: Option<&Agg>) -> String {
+pub(crate) fn value(a: Option<&Agg>) -> String {
     let Some(a) = a else {
         return "—".into();
     };
@@ -143,7 +143,7 @@ fn value(a: Option<&Agg>) -> String {
 }
 
 /// `a / b` as a ratio cell.
-fn div(a: Option<&Agg>, b: Option<&Agg>) -> String {
+pub(crate) fn div(a: Option<&Agg>, b: Option<&Agg>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b.median > 0.0 => ratio(a.median / b.median),
         _ => "—".into(),
@@ -164,6 +164,15 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("rounds/page", "shootdown rounds per page: one round interrupts every vCPU that may hold the translations and waits for all of them"),
     ("immediate ÷ batched", "how many times more immediate costs than batched, in the unit named; above 1, batching saves"),
     ("batched ÷ floor", "how many times the floor batched costs: the queue's own overhead (1x would be no overhead)"),
+    ("÷ 1 vCPU", "this row's figure over the same figure at 1 vCPU on the same machine: 1.00x is perfectly flat"),
+    ("aggregate Mops/s", "millions of operations per second, all vCPUs together: the TSC frequency ÷ the timed cycles/op"),
+    ("speed-up", "1 vCPU's timed cycles/op ÷ this row's: the aggregate rate against one vCPU's (2.00x: twice the work per second)"),
+    ("IPIs/op", "inter-processor interrupts sent per operation, all vCPUs together, from the queue's counters"),
+    ("backend", "immediate (every update applied at once) or batched (through the queue)"),
+    ("instructions/MiB", "guest instructions per MiB of memory the operation covers (counted): the figure per page times the pages a MiB takes (256 of 4 KiB, one half of 2 MiB)"),
+    ("cycles/MiB", "TSC cycles per MiB covered (timed, median across boots; the spread in brackets)"),
+    ("4 KiB ÷ 2 MiB", "how many times more covering a MiB costs with 4 KiB pages than with 2 MiB pages, in the unit named"),
+    ("privileged/MiB", "privileged operations per MiB covered, from the queue's counters: what a trapping host would charge per MiB"),
     ("checksum", "a hash of the workload's data at its end; it must be the same under both backends"),
     ("operation", "the privileged instruction the `exits` suite repeats"),
     ("workload", "a whole task built from many mm calls"),
@@ -184,7 +193,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("source", "where it was published (numbered below)"),
 ];
 
-fn header(names: &[&str]) -> String {
+pub(crate) fn header(names: &[&str]) -> String {
     let mut h = String::from("|");
     let mut r = String::from("|");
     for n in names {
@@ -287,10 +296,16 @@ fn vmm_name(h: &Host) -> String {
     }
 }
 
-/// How the boots of one kind ran: "TCG, single-threaded, icount".
-fn modes_of(s: &Summary, kind: FigKind) -> Option<String> {
+/// How the boots of one kind on one machine ran: "TCG, single-threaded,
+/// icount". `machine` None: every boot.
+fn modes_of(s: &Summary, kind: FigKind, machine: Option<Option<u64>>) -> Option<String> {
     let mut modes: Vec<String> = Vec::new();
     for b in s.boots_of(kind) {
+        if let Some(m) = machine {
+            if b.vcpus().filter(|v| Some(*v) != s.primary_vcpus) != m {
+                continue;
+            }
+        }
         let m = b.mode();
         if !modes.contains(&m) {
             modes.push(m);
@@ -301,16 +316,26 @@ fn modes_of(s: &Summary, kind: FigKind) -> Option<String> {
 
 /// One line for the plots' subtitle and the report's "where".
 pub fn platform_line(s: &Summary) -> String {
+    platform_line_on(s, None)
+}
+
+/// The same line for the figures of one machine: `machine` None is the
+/// run's own (every boot's modes), Some(n) the boots of n vCPUs.
+pub fn platform_line_on(s: &Summary, machine: Option<u64>) -> String {
     let h = &s.host;
-    let modes = match (modes_of(s, FigKind::Counted), modes_of(s, FigKind::Timed)) {
+    let only = machine.map(Some);
+    let modes = match (
+        modes_of(s, FigKind::Counted, only),
+        modes_of(s, FigKind::Timed, only),
+    ) {
         (Some(c), Some(t)) => format!("counting: {c}; timed: {t}"),
         (Some(c), None) => format!("counting: {c}"),
         (None, Some(t)) => format!("timed: {t}"),
         (None, None) => "no boots".into(),
     };
-    let vcpus = h
-        .smp
-        .or_else(|| s.env().and_then(|e| e.vcpus))
+    let vcpus = machine
+        .or(s.primary_vcpus)
+        .or(h.smp)
         .map(|v| format!("{v} vCPUs"))
         .unwrap_or_else(|| "vCPUs unknown".into());
     let rev = h
@@ -432,6 +457,26 @@ fn summary(out: &mut String, s: &Summary, targets: &[Target]) {
          (*immediate*).\n",
         suites.join(", ")
     );
+    for m in s.other_machines() {
+        let on = |k| s.boots_on(Some(m)).filter(|b| b.kind() == k).count();
+        let mut ran: Vec<&str> = Vec::new();
+        for a in s.figures.iter().filter(|a| a.key.machine == Some(m)) {
+            if !ran.contains(&a.key.suite.as_str()) {
+                ran.push(&a.key.suite);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "Of these boots, {} counting and {} timed ran a {m}-vCPU machine with only the {} suite{}: their \
+             figures are kept apart from the run's own {}-vCPU ones (never merged into one median) and are \
+             reported in their own tables and plots.\n",
+            on(FigKind::Counted),
+            on(FigKind::Timed),
+            ran.join(" and "),
+            plural(ran.len()),
+            s.primary_vcpus.map_or("?".into(), |v| v.to_string())
+        );
+    }
     let h = &s.host;
     let host = if h.recorded() {
         format!(
@@ -487,7 +532,7 @@ fn summary(out: &mut String, s: &Summary, targets: &[Target]) {
              the tables. Compare builds on the counted figures, which do not move between boots; for timed \
              figures to quote, run more boots (`--runs`) on a machine with nothing else running.\n",
             noisy.len(),
-            s.of_kind(FigKind::Timed).count(),
+            s.figures.iter().filter(|a| a.kind == FigKind::Timed).count(),
             NOISY_SPREAD * 100.0
         );
     }
@@ -681,8 +726,14 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
             "unmap_shootdown" => "unmap a page while other vCPUs hold its translation, so each unmap must interrupt them (a shootdown) before the frame can be reused; per page",
             "cow_snapshot" => "a copy-on-write snapshot: write-protect a working set, then copy each page on its first write (a real protection fault); per write",
             "arena" => "an arena that grows page by page while records are written into it and shrinks from its old end; per write",
-            "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "cr4_write" | "tlb_fill" | "pte_write" | "self_ipi"
-            | "ipi_roundtrip" => {
+            "protect_range" => "the same as `protect`, but **one `protect` call per batch** of pages",
+            "map_unmap_2m" | "map_touch_unmap_2m" | "protect_2m" => "the same per-page calls with **2 MiB pages**; per 2 MiB page (*page sizes* below puts both sizes per MiB)",
+            "unmap_shootdown_2m" => "`unmap_shootdown` with 2 MiB pages; per 2 MiB page",
+            "arena_2m" => "the arena with 2 MiB pages; per write",
+            "map_unmap_private" => "N vCPUs at once, each mapping and unmapping batches of 256 pages in a region of its own; per operation, all vCPUs' operations together",
+            "map_unmap_shared" => "N vCPUs at once in one region that all of them read, so every flush must interrupt the others; per operation, all vCPUs' operations together",
+            "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "cr4_write" | "tlb_fill" | "pte_write"
+            | "self_ipi" | "ipi_roundtrip" => {
                 continue;
             }
             _ => "a figure this version of the report does not describe",
@@ -827,6 +878,9 @@ fn figures(out: &mut String, s: &Summary) {
     mm_tables(out, s);
     cpu_table(out, s);
     smp_table(out, s);
+    crate::vcpus::section(out, s);
+    crate::scale::section(out, s);
+    crate::pagesize::section(out, s);
     workload_table(out, s);
     other_table(out, s);
 }
@@ -1118,7 +1172,7 @@ fn workload_table(out: &mut String, s: &Summary) {
 }
 
 fn other_table(out: &mut String, s: &Summary) {
-    let known = ["exits", "mm", "cpu", "smp", "workload"];
+    let known = ["exits", "mm", "cpu", "smp", "scale", "workload"];
     let others: Vec<&Agg> = s
         .figures
         .iter()

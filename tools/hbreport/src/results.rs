@@ -26,6 +26,8 @@ pub fn figure_json(s: &Summary, a: &Agg) -> Value {
         "backend": a.key.backend,
         "batch": a.key.batch,
         "vcpus": a.key.vcpus,
+        "machine_vcpus": a.key.machine.or(s.primary_vcpus),
+        "page_bytes": f.page_bytes,
         "unit": a.key.unit,
         "scope": f.scope,
         "kind": a.kind.name(),
@@ -145,6 +147,10 @@ pub fn to_json(s: &Summary, problems: &[String], model: &Model, created: &str) -
                 "kind": match b.kind() { FigKind::Counted => "counting", FigKind::Timed => "timed" },
                 "mode": b.mode(),
                 "accel": b.accel(),
+                "tcg_thread": b.tcg_thread(),
+                "tcg_thread_from": b.tcg_thread().map(|_| b.tcg_thread_source()),
+                "vcpus": b.vcpus(),
+                "run_log": b.launch.as_ref().map(|l| l.source.clone()),
                 "exit_status": b.log.exit_status(),
                 "lines": b.log.lines,
                 "figures": b.log.figures().count(),
@@ -215,7 +221,7 @@ fn num(x: Option<f64>) -> String {
 
 pub const CSV_HEADER: &str = "id,suite,name,backend,batch,vcpus,unit,kind,boots,median,min,max,\
 spread,noisy,identical,p99,ops,reps,flushes_per_op,privileged_per_op,invalidations_per_op,\
-ipis_per_op,checksum";
+ipis_per_op,checksum,machine_vcpus,page_bytes";
 
 /// results.csv: one row per figure.
 pub fn to_csv(s: &Summary) -> String {
@@ -247,6 +253,12 @@ pub fn to_csv(s: &Summary) -> String {
             num(c.fig.invalidations_per_op()),
             num(c.fig.ipis_per_op()),
             csv_field(a.fig.checksum.as_deref().unwrap_or("")),
+            a.key
+                .machine
+                .or(s.primary_vcpus)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            a.fig.page_bytes.map(|v| v.to_string()).unwrap_or_default(),
         ];
         out += &row.join(",");
         out.push('\n');
@@ -365,12 +377,14 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("run.all_succeeded", "bool", "every boot's guest exited with status 0"),
     ("figures", "array", "one entry per figure and unit, over every boot that printed it: the full tables"),
     ("figures[]", "object", "a figure"),
-    ("figures[].id", "string", "`suite/name/backend/batch=B/vcpus=V`; with `unit`, the figure's identity across runs"),
-    ("figures[].suite", "string", "the benchmark suite (exits, mm, cpu, smp, workload)"),
+    ("figures[].id", "string", "`suite/name/backend/batch=B/vcpus=V`, and `/smp=N` after it for a figure of an extra boot's machine of N vCPUs; with `unit`, the figure's identity across runs"),
+    ("figures[].suite", "string", "the benchmark suite (exits, mm, cpu, smp, scale, workload)"),
     ("figures[].name", "string", "the benchmark"),
     ("figures[].backend", "string", "`immediate`, `batched`, `floor`, or `none` (exits)"),
     ("figures[].batch", "int", "operations per flush"),
     ("figures[].vcpus", "int", "vCPUs involved"),
+    ("figures[].machine_vcpus", "int?", "vCPUs of the machine that measured it (the run's own, or an extra boot's: then `id` ends in `/smp=N`); null: unknown"),
+    ("figures[].page_bytes", "int?", "the page size one operation works on, in bytes (4096, 2097152; 0: not a page operation); null: the guest did not say"),
     ("figures[].unit", "string", "`instructions` (counted) or `cycles` (timed)"),
     ("figures[].scope", "string", "`all_vcpus` (icount counts every vCPU's instructions) or `elapsed` (time on the measuring vCPU)"),
     ("figures[].kind", "string", "`counted` or `timed`"),
@@ -427,6 +441,10 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("boots[].kind", "string", "`counting` or `timed`"),
     ("boots[].mode", "string", "how it ran, in words: `TCG, single-threaded, icount`"),
     ("boots[].accel", "string?", "`tcg` or `kvm`"),
+    ("boots[].tcg_thread", "string?", "TCG's threading in this boot, `single` or `multi` (null: not TCG, or not recorded)"),
+    ("boots[].tcg_thread_from", "string?", "where `tcg_thread` comes from: `the QEMU command line` (the boot's run log) or `host.json`"),
+    ("boots[].vcpus", "int?", "the vCPUs the boot's machine had (the guest's env record, else its boot record, else the VMM command line)"),
+    ("boots[].run_log", "string?", "the VMM script's log of this boot (run-*.log) that hbreport read, null when there was none"),
     ("boots[].exit_status", "int?", "the guest's exit status (null: no exit record, the guest did not finish)"),
     ("boots[].lines", "int", "lines in the log"),
     ("boots[].figures", "int", "result records in the log"),

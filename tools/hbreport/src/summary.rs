@@ -10,6 +10,17 @@
 //! - a counted figure must be the same in every counting boot; when it is
 //!   not, the group says so ([`Agg::identical`]) and the report flags it,
 //!   because it means something nondeterministic crept into the guest.
+//!
+//! A run may also hold boots of a machine with more vCPUs than the run's
+//! own (bench.sh's extra boots at 16 vCPUs for the smp and scale suites).
+//! A figure from such a boot is a different measurement even where its
+//! parameters are the same (2 vCPUs holding pages on a 16-vCPU machine
+//! are not 2 on a 4-vCPU one: idle vCPUs, another CPU topology), so the
+//! machine's size is part of the key ([`Key::machine`]): figures of
+//! different machines are never merged into one median, nor compared as
+//! counting boots that should agree. Everything that reads "the run's
+//! figures" ([`Summary::of_kind`], [`Summary::find`]) sees the run's own
+//! machine; [`Summary::on_machine`] reads the others.
 
 use crate::host::Host;
 use crate::log::{Env, Figure, Log, Query};
@@ -62,6 +73,8 @@ pub struct Boot {
     /// From host.json's entry for this log, when bench.sh recorded one.
     pub accel: Option<String>,
     pub tcg_thread: Option<String>,
+    /// The VMM's command line for this boot (its run-*.log), when found.
+    pub launch: Option<crate::vmm::Launch>,
 }
 
 impl Boot {
@@ -77,10 +90,53 @@ impl Boot {
         FigKind::of_unit(&unit)
     }
 
-    /// The accelerator: what bench.sh recorded, else what the guest saw
-    /// (a counting boot is TCG by construction: QEMU counts instructions
-    /// only when it translates them).
+    /// The vCPUs this boot's machine had: the guest's env record, else its
+    /// boot record's online CPUs, else the VMM command line.
+    pub fn vcpus(&self) -> Option<u64> {
+        self.log
+            .env()
+            .and_then(|e| e.vcpus)
+            .or_else(|| {
+                self.log
+                    .boot()
+                    .and_then(|b| b.get("cpus_online"))
+                    .and_then(|v| v.as_u64())
+            })
+            .or_else(|| self.launch.as_ref().and_then(|l| l.vcpus))
+            .filter(|v| (1..=crate::log::MAX_VCPUS).contains(v))
+    }
+
+    /// TCG's threading in this boot: the VMM command line's, else what
+    /// host.json says of the timed boots (a counting boot is always
+    /// single-threaded: QEMU refuses icount with multi-threaded TCG).
+    pub fn tcg_thread(&self) -> Option<String> {
+        if self.kind() == FigKind::Counted {
+            return Some("single".into());
+        }
+        self.launch
+            .as_ref()
+            .filter(|l| l.accel.as_deref() == Some("tcg"))
+            .and_then(|l| l.tcg_thread.clone())
+            .or_else(|| self.tcg_thread.clone())
+    }
+
+    /// Where [`Boot::tcg_thread`] comes from, in words.
+    pub fn tcg_thread_source(&self) -> &str {
+        match &self.launch {
+            Some(l) if l.tcg_thread.is_some() => "the QEMU command line",
+            _ if self.tcg_thread.is_some() => "host.json",
+            _ => "nowhere",
+        }
+    }
+
+    /// The accelerator: the VMM command line's, else what bench.sh
+    /// recorded, else what the guest saw (a counting boot is TCG by
+    /// construction: QEMU counts instructions only when it translates
+    /// them).
     pub fn accel(&self) -> Option<String> {
+        if let Some(a) = self.launch.as_ref().and_then(|l| l.accel.clone()) {
+            return Some(a);
+        }
         if let Some(a) = &self.accel {
             return Some(a.clone());
         }
@@ -105,13 +161,7 @@ impl Boot {
             None => "accelerator unknown".to_string(),
         };
         if accel.as_deref() == Some("tcg") {
-            // QEMU refuses multi-threaded TCG with icount.
-            let thread = if self.kind() == FigKind::Counted {
-                Some("single")
-            } else {
-                self.tcg_thread.as_deref()
-            };
-            if let Some(t) = thread {
+            if let Some(t) = self.tcg_thread() {
                 s += &format!(", {t}-threaded");
             }
         }
@@ -131,10 +181,20 @@ pub struct Key {
     pub batch: u64,
     pub vcpus: u64,
     pub unit: String,
+    /// The vCPUs of the machine that measured it, when that is not the
+    /// run's own machine ([`Summary::primary_vcpus`]); None: the run's.
+    pub machine: Option<u64>,
 }
 
 impl Key {
+    /// The key of a figure measured on the run's own machine.
     pub fn of(f: &Figure) -> Key {
+        Key::on(f, None)
+    }
+
+    /// The key of a figure measured on a machine of `machine` vCPUs (None:
+    /// the run's own).
+    pub fn on(f: &Figure, machine: Option<u64>) -> Key {
         Key {
             suite: f.suite.clone(),
             name: f.name.clone(),
@@ -142,17 +202,33 @@ impl Key {
             batch: f.batch,
             vcpus: f.vcpus,
             unit: f.unit.clone(),
+            machine,
         }
     }
 
     /// A stable, readable name: `mm/map_unmap/batched/batch=256/vcpus=1`
     /// (the unit is not in it: a counted and a timed figure of the same
-    /// operation share the id and differ in `unit`).
+    /// operation share the id and differ in `unit`). A figure of another
+    /// machine than the run's ends in `/smp=N`, N its vCPUs.
     pub fn id(&self) -> String {
-        format!(
+        let mut id = format!(
             "{}/{}/{}/batch={}/vcpus={}",
             self.suite, self.name, self.backend, self.batch, self.vcpus
-        )
+        );
+        if let Some(m) = self.machine {
+            id += &format!("/smp={m}");
+        }
+        id
+    }
+
+    /// The same figure in another unit.
+    fn same_but_unit(&self, other: &Key) -> bool {
+        self.suite == other.suite
+            && self.name == other.name
+            && self.backend == other.backend
+            && self.batch == other.batch
+            && self.vcpus == other.vcpus
+            && self.machine == other.machine
     }
 }
 
@@ -233,20 +309,32 @@ pub struct Summary {
     pub boots: Vec<Boot>,
     pub figures: Vec<Agg>,
     pub host: Host,
+    /// The vCPUs of the run's own machine: host.json's when a boot had
+    /// them, else the first boot's that says (None: no boot says).
+    pub primary_vcpus: Option<u64>,
 }
 
 impl Summary {
     /// Groups the figures of `boots` (in the order given: the first boot
     /// that printed a figure decides where it is listed).
     pub fn new(boots: Vec<Boot>, host: Host) -> Summary {
+        // host.json's --smp when some boot had it (a host record of another
+        // run must not push every boot onto "another machine"), else the
+        // first boot's that says.
+        let primary_vcpus = host
+            .smp
+            .filter(|v| boots.iter().any(|b| b.vcpus() == Some(*v)))
+            .or_else(|| boots.iter().find_map(Boot::vcpus));
+        let machine_of = |boot: &Boot| boot.vcpus().filter(|v| Some(*v) != primary_vcpus);
         let mut figures: Vec<Agg> = Vec::new();
         let mut index: std::collections::HashMap<Key, usize> = Default::default();
         for (b, boot) in boots.iter().enumerate() {
+            let machine = machine_of(boot);
             // A later line of the same boot wins over an earlier one (a
             // rerun of the same figure), as in Log::find.
             let mut mine: Vec<(Key, &Figure)> = Vec::new();
             for f in boot.log.figures() {
-                let k = Key::of(f);
+                let k = Key::on(f, machine);
                 match mine.iter_mut().find(|(mk, _)| *mk == k) {
                     Some(slot) => slot.1 = f,
                     None => mine.push((k, f)),
@@ -293,10 +381,11 @@ impl Summary {
                 .boots
                 .iter()
                 .filter_map(|b| {
+                    let machine = machine_of(&boots[*b]);
                     boots[*b]
                         .log
                         .figures()
-                        .filter(|f| Key::of(f) == a.key)
+                        .filter(|f| Key::on(f, machine) == a.key)
                         .last()
                         .map(|f| f.per_op.p99)
                 })
@@ -307,12 +396,39 @@ impl Summary {
             boots,
             figures,
             host,
+            primary_vcpus,
         }
     }
 
-    /// The figures of one kind, in report order.
+    /// The figures of one kind measured on the run's own machine, in
+    /// report order.
     pub fn of_kind(&self, kind: FigKind) -> impl Iterator<Item = &Agg> {
-        self.figures.iter().filter(move |a| a.kind == kind)
+        self.on_machine(None, kind)
+    }
+
+    /// The figures of one kind measured on a machine of `machine` vCPUs
+    /// (None: the run's own).
+    pub fn on_machine(&self, machine: Option<u64>, kind: FigKind) -> impl Iterator<Item = &Agg> {
+        self.figures
+            .iter()
+            .filter(move |a| a.kind == kind && a.key.machine == machine)
+    }
+
+    /// The machines other than the run's own that measured figures, by
+    /// their vCPUs, fewest first.
+    pub fn other_machines(&self) -> Vec<u64> {
+        let mut m: Vec<u64> = self.figures.iter().filter_map(|a| a.key.machine).collect();
+        m.sort_unstable();
+        m.dedup();
+        m
+    }
+
+    /// The boots of the machine `machine` (None: the run's own).
+    pub fn boots_on(&self, machine: Option<u64>) -> impl Iterator<Item = &Boot> {
+        let primary = self.primary_vcpus;
+        self.boots
+            .iter()
+            .filter(move |b| b.vcpus().filter(|v| Some(*v) != primary) == machine)
     }
 
     /// The figures of one suite and kind.
@@ -320,9 +436,11 @@ impl Summary {
         self.of_kind(kind).filter(move |a| a.key.suite == suite)
     }
 
-    /// Every figure of one suite, either kind.
+    /// Every figure of one suite, either kind, on the run's own machine.
     pub fn suite_any<'a>(&'a self, suite: &'a str) -> impl Iterator<Item = &'a Agg> {
-        self.figures.iter().filter(move |a| a.key.suite == suite)
+        self.figures
+            .iter()
+            .filter(move |a| a.key.suite == suite && a.key.machine.is_none())
     }
 
     /// The figure matching every given field, of this kind.
@@ -330,15 +448,12 @@ impl Summary {
         self.of_kind(kind).find(|a| a.matches(q))
     }
 
-    /// The same figure in the other unit (counted ↔ timed), if measured.
+    /// The same figure in the other unit (counted ↔ timed), on the same
+    /// machine, if measured.
     pub fn twin(&self, a: &Agg, kind: FigKind) -> Option<&Agg> {
-        self.of_kind(kind).find(|b| {
-            b.key.suite == a.key.suite
-                && b.key.name == a.key.name
-                && b.key.backend == a.key.backend
-                && b.key.batch == a.key.batch
-                && b.key.vcpus == a.key.vcpus
-        })
+        self.figures
+            .iter()
+            .find(|b| b.kind == kind && b.key.same_but_unit(&a.key))
     }
 
     /// Whether any figure of this kind was measured.
@@ -352,10 +467,14 @@ impl Summary {
     }
 
     /// The environment: a timed boot's env when there is one (it carries
-    /// the TSC frequency), else the first boot's.
+    /// the TSC frequency), else the first boot's; the run's own machine's
+    /// boots first.
     pub fn env(&self) -> Option<&Env> {
-        self.boots_of(FigKind::Timed)
+        let own: Vec<&Boot> = self.boots_on(None).collect();
+        own.iter()
+            .filter(|b| b.kind() == FigKind::Timed)
             .find_map(|b| b.log.env())
+            .or_else(|| own.iter().find_map(|b| b.log.env()))
             .or_else(|| self.boots.iter().find_map(|b| b.log.env()))
     }
 
@@ -394,16 +513,21 @@ impl Summary {
         (lo <= hi).then_some((lo, hi))
     }
 
-    /// Counted figures whose boots disagree: nondeterminism in the guest.
+    /// Counted figures whose boots disagree: nondeterminism in the guest
+    /// (every machine's).
     pub fn counted_differences(&self) -> Vec<&Agg> {
-        self.of_kind(FigKind::Counted)
-            .filter(|a| !a.identical)
+        self.figures
+            .iter()
+            .filter(|a| a.kind == FigKind::Counted && !a.identical)
             .collect()
     }
 
-    /// Timed figures flagged noisy.
+    /// Timed figures flagged noisy (every machine's).
     pub fn noisy(&self) -> Vec<&Agg> {
-        self.of_kind(FigKind::Timed).filter(|a| a.noisy()).collect()
+        self.figures
+            .iter()
+            .filter(|a| a.kind == FigKind::Timed && a.noisy())
+            .collect()
     }
 
     /// Every boot's exit status is 0.

@@ -20,13 +20,35 @@ use crate::report::{ratio, thousands};
 use crate::summary::{Agg, FigKind, Summary};
 
 /// map+unmap at ring capacity, 1 vCPU: batched at least this many times
-/// cheaper per operation than immediate.
-pub const MIN_SPEEDUP_1_VCPU: f64 = 10.0;
+/// cheaper per operation than immediate, timed. (An earlier 10x assumed an
+/// immediate baseline whose every flush ran about 2,000 instructions of
+/// software no unmodified kernel has; against the honest baseline it is 5x.)
+pub const MIN_SPEEDUP_1_VCPU: f64 = 5.0;
 /// The same with this many vCPUs, where shootdowns dominate.
 pub const MIN_SPEEDUP_SMP: f64 = 30.0;
 pub const SMP_VCPUS: u64 = 4;
-/// batched at most this many times the floor's cost at ring capacity.
-pub const MAX_OVER_FLOOR: f64 = 1.5;
+/// Batched at most this many times the floor's instructions at ring
+/// capacity: per-page calls pay a call's checks per page, range calls once.
+pub const FLOOR_LIMITS: &[(&str, f64)] = &[
+    ("map_unmap", 3.0),
+    ("map_unmap_range", 2.0),
+    ("map_touch_unmap", 3.0),
+    ("protect", 3.0),
+    ("protect_range", 2.0),
+    ("map_unmap_2m", 3.0),
+    ("map_touch_unmap_2m", 3.0),
+    ("protect_2m", 3.0),
+];
+/// The lean core: batched instructions per page at ring capacity, 1 vCPU.
+pub const LEAN_LIMITS: &[(&str, f64)] = &[
+    ("map_unmap", 150.0),
+    ("map_unmap_range", 80.0),
+    ("protect", 80.0),
+    ("protect_range", 40.0),
+];
+/// Immediate's software cost per flush (all but the invalidation and the
+/// IPIs themselves), in instructions, at 1 vCPU.
+pub const MAX_FLUSH_COST: f64 = 100.0;
 /// Privileged operations per map+unmap, batched over immediate, at most
 /// this fraction at a batch of [`PRIVILEGED_BATCH`].
 pub const MAX_PRIVILEGED_FRACTION: f64 = 1.0 / 64.0;
@@ -77,19 +99,19 @@ pub fn evaluate(s: &Summary) -> Vec<Target> {
     let cap = s.ring_capacity();
     out.push(speedup_1_vcpu(s, cap));
     out.push(speedup_smp(s));
-    let mut floor_names: Vec<&str> = Vec::new();
-    for a in s.suite_any("mm").filter(|a| a.key.backend == "floor") {
-        if !floor_names.contains(&a.key.name.as_str()) {
-            floor_names.push(&a.key.name);
+    for &(name, limit) in LEAN_LIMITS {
+        out.push(lean(s, name, limit, cap));
+    }
+    out.push(flush_cost(s, cap));
+    // The 2 MiB variants are judged when the run measured any of them.
+    let has_2m = s.suite_any("mm").any(|a| a.key.name.ends_with("_2m"));
+    for &(name, limit) in FLOOR_LIMITS {
+        if has_2m || !name.ends_with("_2m") {
+            out.push(over_floor(s, name, limit, cap));
         }
     }
-    if floor_names.is_empty() {
-        floor_names.push("map_unmap");
-    }
-    for name in crate::log::ordered(floor_names.into_iter(), MM_NAMES) {
-        out.push(over_floor(s, name, cap));
-    }
     out.push(privileged_fraction(s));
+    out.extend(crate::scale::targets(s));
     let mut workloads: Vec<&str> = Vec::new();
     for a in s.suite_any("workload") {
         if !workloads.contains(&a.key.name.as_str()) {
@@ -114,7 +136,7 @@ const WORKLOAD_AIM: &str =
     "Tasks built from many mm calls (a copy-on-write snapshot, an arena) take less \
      time under batching, and produce exactly the same data under both backends.";
 
-fn missing(title: String, aim: String, requirement: String, what: String) -> Target {
+pub(crate) fn missing(title: String, aim: String, requirement: String, what: String) -> Target {
     Target {
         title,
         aim,
@@ -206,7 +228,7 @@ fn basis(s: &Summary, kind: FigKind, prefer: FigKind, a: &Agg) -> String {
 
 /// For a timed ratio over several boots: the boots disagree about the
 /// verdict when their range straddles the threshold.
-fn straddles(
+pub(crate) fn straddles(
     s: &Summary,
     kind: FigKind,
     a: &Agg,
@@ -237,7 +259,7 @@ fn straddles(
 }
 
 /// "met with 2.4x to spare" / "short by 38% (needs 1.6x more)".
-fn at_least(measured: f64, min: f64) -> (Status, String) {
+pub(crate) fn at_least(measured: f64, min: f64) -> (Status, String) {
     if measured >= min {
         (
             Status::Met,
@@ -416,8 +438,11 @@ fn speedup(
 
 fn speedup_1_vcpu(s: &Summary, cap: Option<u64>) -> Target {
     let title = "Batching pays on one vCPU".to_string();
-    let aim = "Mapping and unmapping pages one call at a time costs at least ten times less per page \
-               with the queue (batched, at the ring's capacity) than with every update applied at once.";
+    let aim = "Mapping and unmapping pages one call at a time takes at least five times less time per \
+               page with the queue (batched, at the ring's capacity) than with every update applied at once \
+               through the same mm code (immediate: what an unmodified kernel does). An earlier aim of ten \
+               times rested on an immediate path that spent about 2,000 instructions of its own software per \
+               flush; against the honest baseline it is five.";
     let req = format!(
         "map_unmap at ring capacity, 1 vCPU: immediate ÷ batched ≥ {}",
         ratio(MIN_SPEEDUP_1_VCPU)
@@ -458,13 +483,14 @@ fn speedup_smp(s: &Summary) -> Target {
     speedup(s, title, aim, req, q, MIN_SPEEDUP_SMP, "page")
 }
 
-fn over_floor(s: &Summary, name: &str, cap: Option<u64>) -> Target {
+fn over_floor(s: &Summary, name: &str, limit: f64, cap: Option<u64>) -> Target {
     let title = format!("The queue costs little over the bare minimum ({name})");
-    let aim = "At the ring's capacity, going through the queue costs at most 1.5 times the floor: the \
-               same page-table stores and one flush per batch, written by hand with no queue at all.";
+    let aim = "At the ring's capacity, going through the queue costs at most three times the floor for \
+               one call per page, and twice for one call per batch. The floor is the same page-table \
+               stores and one flush per batch, written by hand with no queue, no checks and no walk.";
     let req = format!(
         "{name} at ring capacity, 1 vCPU: batched ÷ floor ≤ {}",
-        ratio(MAX_OVER_FLOOR)
+        ratio(limit)
     );
     let Some(cap) = cap else {
         return missing(
@@ -474,10 +500,29 @@ fn over_floor(s: &Summary, name: &str, cap: Option<u64>) -> Target {
             "the ring capacity is unknown".into(),
         );
     };
+    // A figure whose largest batch stays below the ring's capacity (the
+    // 2 MiB figures: the suite maps 32 large pages) is judged at that
+    // batch, and the requirement says so.
+    let largest = s
+        .suite_any("mm")
+        .filter(|a| a.key.name == name && a.key.vcpus == 1 && a.key.backend == "floor")
+        .map(|a| a.key.batch)
+        .filter(|b| *b <= cap)
+        .max();
+    let (batch, req) = match largest {
+        Some(b) if b < cap => (
+            b,
+            format!(
+                "{name} at its largest batch, {b} (the suite measures no more), 1 vCPU: batched ÷ floor ≤ {}",
+                ratio(limit)
+            ),
+        ),
+        _ => (cap, req),
+    };
     let q = Query {
         suite: Some("mm"),
         name: Some(name),
-        batch: Some(cap),
+        batch: Some(batch),
         vcpus: Some(1),
         ..Query::default()
     };
@@ -485,14 +530,14 @@ fn over_floor(s: &Summary, name: &str, cap: Option<u64>) -> Target {
         Err(what) => missing(title, aim.into(), req, what),
         Ok((kind, bat, floor)) => {
             let r = bat.median / floor.median;
-            let (status, margin) = if r <= MAX_OVER_FLOOR {
+            let (status, margin) = if r <= limit {
                 (
                     Status::Met,
                     format!(
                         "{} ≤ {}: met, {:.0}% headroom",
                         ratio(r),
-                        ratio(MAX_OVER_FLOOR),
-                        (1.0 - r / MAX_OVER_FLOOR) * 100.0
+                        ratio(limit),
+                        (1.0 - r / limit) * 100.0
                     ),
                 )
             } else {
@@ -501,8 +546,8 @@ fn over_floor(s: &Summary, name: &str, cap: Option<u64>) -> Target {
                     format!(
                         "{} > {}: {:.0}% over",
                         ratio(r),
-                        ratio(MAX_OVER_FLOOR),
-                        (r / MAX_OVER_FLOOR - 1.0) * 100.0
+                        ratio(limit),
+                        (r / limit - 1.0) * 100.0
                     ),
                 )
             };
@@ -547,10 +592,185 @@ fn over_floor(s: &Summary, name: &str, cap: Option<u64>) -> Target {
                     other_kind_ratio(s, kind, bat, floor)
                 ),
                 margin,
-                uncertain: straddles(s, kind, bat, floor, MAX_OVER_FLOOR, false),
+                uncertain: straddles(s, kind, bat, floor, limit, false),
                 why,
             }
         }
+    }
+}
+
+/// A counted figure at ring capacity, 1 vCPU (`backend` in the mm suite).
+fn counted_at_cap<'a>(
+    s: &'a Summary,
+    name: &'a str,
+    backend: &'a str,
+    cap: u64,
+) -> Result<&'a Agg, String> {
+    let q = Query {
+        suite: Some("mm"),
+        name: Some(name),
+        backend: Some(backend),
+        batch: Some(cap),
+        vcpus: Some(1),
+    };
+    match s.find(&q, FigKind::Counted) {
+        Some(a) => Ok(a),
+        None if !s.has(FigKind::Counted) => {
+            Err("no counting boot in this run (the target is in instructions)".into())
+        }
+        None => Err(describe(&q)),
+    }
+}
+
+/// "met, 12% headroom" / "23% over" for a figure that must stay at or
+/// under `limit`.
+fn at_most(measured: f64, limit: f64, shown: &dyn Fn(f64) -> String) -> (Status, String) {
+    if measured <= limit {
+        (
+            Status::Met,
+            format!(
+                "{} ≤ {}: met, {:.0}% headroom",
+                shown(measured),
+                shown(limit),
+                (1.0 - measured / limit) * 100.0
+            ),
+        )
+    } else {
+        (
+            Status::NotMet,
+            format!(
+                "{} > {}: {:.0}% over (needs {} less)",
+                shown(measured),
+                shown(limit),
+                (measured / limit - 1.0) * 100.0,
+                ratio(measured / limit)
+            ),
+        )
+    }
+}
+
+fn lean(s: &Summary, name: &str, limit: f64, cap: Option<u64>) -> Target {
+    let title = format!("A lean mm core ({name})");
+    let aim = "Batched, at the ring's capacity on one vCPU, a call's own software (checks, the \
+               page-table walk, the in-place store, the enqueue, its share of the flush) stays within a \
+               fixed instruction budget per page, so the queue costs less than the privileged operations \
+               it saves on a host where they are cheap.";
+    let req = format!(
+        "{name}, batched, ring capacity, 1 vCPU: ≤ {} instructions/page",
+        thousands(limit)
+    );
+    let Some(cap) = cap else {
+        return missing(
+            title,
+            aim.into(),
+            req,
+            "the ring capacity is unknown".into(),
+        );
+    };
+    let bat = match counted_at_cap(s, name, "batched", cap) {
+        Ok(a) => a,
+        Err(what) => return missing(title, aim.into(), req, what),
+    };
+    let (status, margin) = at_most(bat.median, limit, &|v| thousands(v));
+    let why = (status == Status::NotMet).then(|| {
+        let mut t = format!(
+            "batched runs {} instructions per page against a budget of {}",
+            thousands(bat.median),
+            thousands(limit)
+        );
+        if let Ok(floor) = counted_at_cap(s, name, "floor", cap) {
+            t += &format!(
+                "; the floor (the stores and one flush, no queue) runs {}, so {} of it is the call's own \
+                 software: its entry (the per-CPU handle, the queue borrow), the argument and mapping \
+                 checks, the per-table lock, the in-place store with its out-of-sync bookkeeping and \
+                 the enqueue",
+                thousands(floor.median),
+                thousands(bat.median - floor.median)
+            );
+        }
+        t
+    });
+    Target {
+        title,
+        aim: aim.into(),
+        requirement: req,
+        status,
+        basis: "instruction counts (exact)".into(),
+        measured: format!("{} instructions/page", thousands(bat.median)),
+        margin,
+        uncertain: None,
+        why,
+    }
+}
+
+/// Immediate's software cost per flush: immediate and batched run the same
+/// calls, and immediate flushes after each, so the difference in
+/// instructions per operation over the difference in flushes per operation
+/// is what one flush costs beyond its share in a batch. An `invlpg` or a
+/// CR3 load counts as one instruction under icount.
+fn flush_cost(s: &Summary, cap: Option<u64>) -> Target {
+    let title = "An honest immediate baseline".to_string();
+    let aim = "Immediate is what an unmodified kernel does: the same mm code, plus one flush per \
+               operation. The flush's own software (everything but the invalidation and the IPIs) stays \
+               small, so that batching is not credited with removing overhead only this project had.";
+    let req = format!(
+        "map_unmap, ring capacity, 1 vCPU: (immediate − batched) instructions ÷ (immediate − batched) \
+         flushes, per operation ≤ {}",
+        thousands(MAX_FLUSH_COST)
+    );
+    let Some(cap) = cap else {
+        return missing(
+            title,
+            aim.into(),
+            req,
+            "the ring capacity is unknown".into(),
+        );
+    };
+    let (imm, bat) = match (
+        counted_at_cap(s, "map_unmap", "immediate", cap),
+        counted_at_cap(s, "map_unmap", "batched", cap),
+    ) {
+        (Ok(i), Ok(b)) => (i, b),
+        (Err(w), _) | (_, Err(w)) => return missing(title, aim.into(), req, w),
+    };
+    let (Some(fi), Some(fb)) = (imm.fig.flushes_per_op(), bat.fig.flushes_per_op()) else {
+        return missing(
+            title,
+            aim.into(),
+            req,
+            "the figures carry no flush counters".into(),
+        );
+    };
+    if fi - fb <= 0.0 {
+        return missing(
+            title,
+            aim.into(),
+            req,
+            format!("immediate flushed no more often than batched ({fi:.4} vs {fb:.4} per op)"),
+        );
+    }
+    let per_flush = (imm.median - bat.median) / (fi - fb);
+    let (status, margin) = at_most(per_flush, MAX_FLUSH_COST, &|v| thousands(v));
+    Target {
+        title,
+        aim: aim.into(),
+        requirement: req,
+        status,
+        basis: "instruction counts (exact) and the queue's flush counters".into(),
+        measured: format!(
+            "{} instructions per flush (({} − {}) ÷ ({fi:.4} − {fb:.4}))",
+            thousands(per_flush),
+            thousands(imm.median),
+            thousands(bat.median)
+        ),
+        margin,
+        uncertain: None,
+        why: (status == Status::NotMet).then(|| {
+            "the flush walks the ring's records, builds the invalidation, asks for the shootdown's \
+             targets, counts by trigger and retires the generation of its marks; at one record per \
+             flush each of those is a fixed cost"
+                .to_string()
+        }),
     }
 }
 

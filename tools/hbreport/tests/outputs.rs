@@ -72,9 +72,15 @@ fn a_results_directory_holds_every_file_and_valid_plots() {
             "mm_map_unmap_range.svg",
             "mm_map_touch_unmap.svg",
             "mm_protect.svg",
+            "mm_map_touch_unmap_2m.svg",
+            "mm_map_unmap_2m.svg",
+            "mm_protect_2m.svg",
+            "mm_protect_range.svg",
             "speedup.svg",
             "privileged.svg",
             "smp_shootdown.svg",
+            "scale.svg",
+            "pagesize.svg",
             "workloads.svg",
             "projection.svg"
         ]

@@ -41,6 +41,7 @@ fn sample_has_every_suite_and_crlf_lines_parse() {
         ("mm", 27),
         ("cpu", 4),
         ("smp", 8),
+        ("scale", 6),
         ("workload", 6),
     ] {
         assert_eq!(log.suite(suite).count(), n, "suite {suite}");
