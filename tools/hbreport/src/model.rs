@@ -226,9 +226,19 @@ fn exit_figure(s: &Summary, name: &str, boot: Option<usize>) -> Option<ExitFigur
     })
 }
 
-/// The figures whose twins are both there: (counted, timed).
+/// The figures whose twins are both there: (counted, timed), on the
+/// run's own machine.
 fn pairs<'a>(s: &'a Summary, suite: &'a str) -> impl Iterator<Item = (&'a Agg, &'a Agg)> + 'a {
     s.suite(suite, FigKind::Counted)
+        .filter_map(move |c| Some((c, s.twin(c, FigKind::Timed)?)))
+}
+
+/// The same on every machine the run booted (the run's own, then boots
+/// with another vCPU count, such as the full run's 16-vCPU smp boots).
+fn pairs_all<'a>(s: &'a Summary, suite: &'a str) -> impl Iterator<Item = (&'a Agg, &'a Agg)> + 'a {
+    s.figures
+        .iter()
+        .filter(move |a| a.kind == FigKind::Counted && a.key.suite == suite)
         .filter_map(move |c| Some((c, s.twin(c, FigKind::Timed)?)))
 }
 
@@ -400,6 +410,9 @@ pub struct Check {
     pub backend: String,
     pub batch: u64,
     pub vcpus: u64,
+    /// The figure's id, as in results.json (`/smp=N` for a boot of
+    /// another machine).
+    pub figure_id: String,
     pub instructions: f64,
     pub events: Events,
     pub predicted: f64,
@@ -421,10 +434,7 @@ impl Check {
     }
 
     pub fn id(&self) -> String {
-        format!(
-            "{}/{}/{}/batch={}/vcpus={}",
-            self.suite, self.name, self.backend, self.batch, self.vcpus
-        )
+        self.figure_id.clone()
     }
 
     /// What the residual would mean if one term alone were wrong: the
@@ -433,8 +443,10 @@ impl Check {
         let residual = self.measured - self.predicted;
         let mut out = Vec::new();
         if let Some(cpi) = fit.cpi {
-            if self.instructions > 0.0 {
-                let want = cpi + residual / self.instructions;
+            let want = cpi + residual / self.instructions;
+            // No CPI can be negative: then the instructions cannot
+            // explain the miss.
+            if self.instructions > 0.0 && want >= 0.0 {
                 out.push((
                     "CPI".to_string(),
                     format!("{cpi:.2} → {want:.2} cycles per instruction"),
@@ -484,7 +496,7 @@ impl Check {
 pub fn check(s: &Summary, fits: &[(usize, Fit)], pooled: &Fit) -> Vec<Check> {
     let mut out = Vec::new();
     for suite in CHECKED_SUITES {
-        for (c, t) in pairs(s, suite) {
+        for (c, t) in pairs_all(s, suite) {
             let Some(ev) = Events::of(&s.counters_source(c).fig) else {
                 continue;
             };
@@ -522,6 +534,7 @@ pub fn check(s: &Summary, fits: &[(usize, Fit)], pooled: &Fit) -> Vec<Check> {
                 backend: c.key.backend.clone(),
                 batch: c.key.batch,
                 vcpus: c.key.vcpus,
+                figure_id: c.key.id(),
                 instructions: c.median,
                 events: ev,
                 predicted,
