@@ -56,14 +56,15 @@ static PUBLISHED: CpuSlots<AtomicRefCell<Counters>> =
 
 /// What a vCPU counts outside its queue: the invalidations it runs for
 /// other vCPUs' shootdowns, and its lazy-TLB reloads. Only that vCPU
-/// touches them, from its IPI handler or its idle loop.
+/// writes them, from its IPI handler or its idle loop; a benchmark reads
+/// the others' ([`counters_with_others_remote`]).
 struct Remote {
     invlpg: AtomicU64,
     full_flushes: AtomicU64,
     lazy_tlb_reloads: AtomicU64,
 }
 
-static REMOTE: CpuLocal<Remote> = CpuLocal::new(
+static REMOTE: CpuSlots<Remote> = CpuSlots::new(
     [const {
         Remote {
             invlpg: AtomicU64::new(0),
@@ -169,7 +170,7 @@ pub fn reload_cr3() {
 /// Lazy TLB's reload on leaving idle (smp.rs), counted.
 pub fn lazy_tlb_reload() {
     reload_cr3();
-    bump(&REMOTE.get().lazy_tlb_reloads);
+    bump(&REMOTE.mine().lazy_tlb_reloads);
 }
 
 /// The privileged operations of a flush, done for real.
@@ -355,7 +356,7 @@ fn shootdown_handler(arg: u64) {
     // SAFETY: the sender keeps the Invalidation alive until every target has
     // acknowledged, and acknowledgement comes after this returns.
     let inv = unsafe { &*(arg as *const Invalidation) };
-    let r = REMOTE.get();
+    let r = REMOTE.mine();
     match inv {
         Invalidation::Pages(pages) => {
             for p in pages {
@@ -755,8 +756,27 @@ pub fn counters() -> Counters {
     c
 }
 
+/// This vCPU's counters, with what every other online vCPU ran for
+/// shootdowns (remote invalidations, lazy-TLB reloads), read from their
+/// atomics without interrupting them: for a benchmark whose other vCPUs
+/// only take shootdowns, so that reading adds no IPI to what it measures.
+pub fn counters_with_others_remote() -> Counters {
+    let mut c = counters();
+    let me = percpu::cpu_index();
+    let mut others = smp::online_mask() & !(1 << me);
+    while others != 0 {
+        let cpu = others.trailing_zeros() as usize;
+        others &= others - 1;
+        let r = REMOTE.of(cpu);
+        c.remote_invlpg += r.invlpg.load(Ordering::Relaxed);
+        c.remote_full_flushes += r.full_flushes.load(Ordering::Relaxed);
+        c.lazy_tlb_reloads += r.lazy_tlb_reloads.load(Ordering::Relaxed);
+    }
+    c
+}
+
 fn add_remote(c: &mut Counters) {
-    let r = REMOTE.get();
+    let r = REMOTE.mine();
     c.remote_invlpg += r.invlpg.load(Ordering::Relaxed);
     c.remote_full_flushes += r.full_flushes.load(Ordering::Relaxed);
     c.lazy_tlb_reloads += r.lazy_tlb_reloads.load(Ordering::Relaxed);

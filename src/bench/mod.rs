@@ -39,7 +39,7 @@ use hyperbatch::hypervisor::TscUnit;
 use hyperbatch::mm::WINDOW_BASE;
 use hyperbatch::queue::{Counters, Cr, Invalidation, Trigger, INVLPG_CEILING, RING_CAPACITY};
 use x86_64::instructions::port::Port;
-use x86_64::registers::control::Cr3;
+use x86_64::registers::control::{Cr3, Cr4};
 use x86_64::structures::paging::{Page, PhysFrame, Size2MiB};
 use x86_64::VirtAddr;
 
@@ -195,6 +195,7 @@ fn counters_obj(
         .u64("remote_invlpg", c.remote_invlpg)?
         .u64("remote_full_flushes", c.remote_full_flushes)?
         .u64("lazy_tlb_reloads", c.lazy_tlb_reloads)?
+        .u64("touches", c.touches)?
         .object("flushes_by_trigger", |t| {
             for trigger in Trigger::ALL {
                 t.u64(trigger.name(), c.flushes[trigger as usize])?;
@@ -392,8 +393,6 @@ pub fn run(config: &Config<'_>, host: &Host) -> u32 {
 
 // --- exits -------------------------------------------------------------------
 
-static EXIT_TARGET: AtomicU64 = AtomicU64::new(0);
-
 fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
     let k = p.exit_ops;
     let one = |name: &'static str, t: Timing| {
@@ -439,12 +438,30 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
             }
         }),
     );
-    let target = VirtAddr::from_ptr(&EXIT_TARGET);
+    // A 4 KiB window page, as the mm figures invalidate: not a kernel
+    // static, which sits in a 2 MiB identity mapping. QEMU's TCG flushes
+    // its whole TLB for an `invlpg` inside a large page it has cached, so
+    // a kernel address measured a full flush and its refill instead.
+    let va = VirtAddr::new(WINDOW_BASE + (40 << 30));
+    mm::map_anon(va, 1, Prot::READ_WRITE).map_err(|_| "map the exits page")?;
+    mm::flush();
     one(
         "invlpg",
         measure(p, k, || {
             for _ in 0..k {
-                x86_64::instructions::tlb::flush(target);
+                x86_64::instructions::tlb::flush(va);
+            }
+        }),
+    );
+    // An invlpg, then a read through the page: the read refills the
+    // translation. Less the invlpg figure, a TLB fill (TCG walks the guest
+    // tables in software).
+    one(
+        "tlb_fill",
+        measure(p, k, || {
+            for _ in 0..k {
+                x86_64::instructions::tlb::flush(va);
+                touch(va);
             }
         }),
     );
@@ -458,11 +475,23 @@ fn exits(p: &Params, _host: &Host) -> Result<(), &'static str> {
             }
         }),
     );
+    // CR4 written back with its own value: what a CR0/CR4 write costs here
+    // (under VMX it exits when it touches a bit the CR4 guest/host mask
+    // gives the host; the cost model in tools/hbreport prices it).
+    // The bare instruction, not mm::write_cr: the queue's own work is
+    // what the cpu suite measures.
+    let cr4 = Cr4::read_raw();
+    one(
+        "cr4_write",
+        measure(p, k, || {
+            for _ in 0..k {
+                // SAFETY: CR4's current value, written back, changes nothing.
+                unsafe { Cr4::write_raw(cr4) };
+            }
+        }),
+    );
     // A bare store to a leaf page-table entry of the window (the same value
     // again): what a trapping host charges per PTE write.
-    let va = VirtAddr::new(WINDOW_BASE + (40 << 30));
-    mm::map_anon(va, 1, Prot::READ_WRITE).map_err(|_| "map for pte_write")?;
-    mm::flush();
     // SAFETY: the entry gets back the value it holds, so the mm finds it
     // as it left it.
     let entry = unsafe { mm::raw_entry(va) }.ok_or("no leaf entry")?;
@@ -866,6 +895,10 @@ fn mm_figures<K: Kind>(
                 if backend == "floor" {
                     c = floor_counters(name, n, b, floor_ipis, p);
                 }
+                if touching {
+                    // One read of every page while it is mapped.
+                    c.touches = n * p.reps.min(MAX_REPS) as u64;
+                }
                 mm::flush();
                 if protect {
                     // Back to mapped read+write (the floor wrote the
@@ -912,6 +945,10 @@ fn floor_counters(name: &str, n: u64, b: u64, ipis: u64, p: &Params) -> Counters
     c.flushes[Trigger::Explicit as usize] = batches;
     if b as usize > INVLPG_CEILING {
         c.full_flushes = batches;
+        // Each full flush starts a sync epoch, and the batch then writes
+        // the leaf tables its pages lie in (512 pages each; the regions
+        // are 2 MiB aligned), as the queue counts `tables_unsynced`.
+        c.tables_unsynced = batches * b.div_ceil(512);
     } else {
         c.invlpg = b * batches;
     }
@@ -1100,7 +1137,10 @@ fn smp_figures<K: Kind>(
                 must(pool.map(base, 0, n, Prot::READ));
                 mm::flush();
                 readers.settle();
-                let before = mm::counters();
+                // With the readers' remote invalidations, which a
+                // shootdown makes them run (the cost model prices them),
+                // read without interrupting them.
+                let before = mm::counters_with_others_remote();
                 let t0 = tsc::rdtsc();
                 for c in (0..n).step_by(b as usize) {
                     mm::batch(|| {
@@ -1113,7 +1153,7 @@ fn smp_figures<K: Kind>(
                 let dt = tsc::rdtsc() - t0;
                 if rep >= p.warmup {
                     let _ = samples.push(dt);
-                    counters.add(&mm::counters().since(&before));
+                    counters.add(&mm::counters_with_others_remote().since(&before));
                 }
             }
             drop(readers);

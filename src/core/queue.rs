@@ -212,6 +212,11 @@ pub struct Counters {
     /// CR3 reloads on leaving lazy TLB mode (an idle vCPU dropped its
     /// translations instead of taking shootdowns).
     pub lazy_tlb_reloads: u64,
+    /// First accesses to a page whose translation was just made: each is a
+    /// TLB fill (a page walk; TCG's software TLB too). The queue never
+    /// sets it: a benchmark that touches its pages declares them, outside
+    /// the timed region, so that the cost model can price the fills.
+    pub touches: u64,
 }
 
 impl Counters {
@@ -233,6 +238,7 @@ impl Counters {
         remote_invlpg: 0,
         remote_full_flushes: 0,
         lazy_tlb_reloads: 0,
+        touches: 0,
     };
 
     pub fn flushes_total(&self) -> u64 {
@@ -251,7 +257,7 @@ impl Counters {
     }
 
     /// Every field, in a fixed order, for `add` and `since`.
-    fn fields(&mut self) -> [&mut u64; 15] {
+    fn fields(&mut self) -> [&mut u64; 16] {
         [
             &mut self.enqueued,
             &mut self.pte_writes,
@@ -268,6 +274,7 @@ impl Counters {
             &mut self.remote_invlpg,
             &mut self.remote_full_flushes,
             &mut self.lazy_tlb_reloads,
+            &mut self.touches,
         ]
     }
 

@@ -9,8 +9,10 @@
 //! The flow is one module per step: [`log`] parses one serial log,
 //! [`host`] holds what the host knew, [`summary`] groups the figures of
 //! every boot, [`targets`] checks them against the project's targets,
-//! [`reference`] holds published exit costs and [`projection`] multiplies
-//! counted operations by them, [`plots`] draws, [`report`] writes the
+//! [`model`] is the cost model (checked on this run's exits, projected
+//! onto the [`platforms`] with the published costs of [`sources`];
+//! [`model_report`] writes its sections),
+//! [`plots`] draws, [`report`] writes the
 //! markdown and [`results`] the JSON and CSV; [`check`] holds what CI
 //! requires of a run, [`compare`] judges two runs. [`build`] does the
 //! report in memory and [`run`] writes it.
@@ -19,13 +21,15 @@ pub mod check;
 pub mod compare;
 pub mod host;
 pub mod log;
+pub mod model;
+pub mod model_report;
 pub mod pagesize;
+pub mod platforms;
 pub mod plots;
-pub mod projection;
-pub mod reference;
 pub mod report;
 pub mod results;
 pub mod scale;
+pub mod sources;
 pub mod summary;
 pub mod targets;
 pub mod vcpus;
@@ -189,9 +193,10 @@ pub struct Built {
 /// Everything a results directory holds, computed before anything is
 /// written, so that a failure leaves no half-written directory.
 pub fn build(s: &Summary, created: &str) -> Result<Built, Error> {
-    let plots = plots::draw_all(s).map_err(Error::Plot)?;
+    let model = model::build(s);
+    let mut plots = plots::draw_all(s).map_err(Error::Plot)?;
+    plots.extend(model::plot(s, &model).map_err(Error::Plot)?);
     let targets = targets::evaluate(s);
-    let projection = projection::project(s);
     let check_failures = check::check_all(s);
     let warnings: Vec<String> = s
         .boots
@@ -204,8 +209,8 @@ pub fn build(s: &Summary, created: &str) -> Result<Built, Error> {
         })
         .collect();
     Ok(Built {
-        report_md: report::render(s, &targets, &projection, &plots),
-        results_json: results::to_json(s, &check_failures, &projection, created),
+        report_md: report::render(s, &targets, &model, &plots),
+        results_json: results::to_json(s, &check_failures, &model, created),
         results_csv: results::to_csv(s),
         benchmark_json: results::to_benchmark_json(s),
         plots,

@@ -107,6 +107,18 @@ pub struct Counters {
     pub shootdowns: u64,
     pub fault_flushes: u64,
     pub frames_released: u64,
+    /// Leaf tables first written in a sync epoch (the shadow-paging unsync
+    /// event); absent from logs older than the cost model.
+    pub tables_unsynced: u64,
+    /// What this vCPU (or, for smp figures, every vCPU) ran for other
+    /// vCPUs' shootdowns.
+    pub remote_invlpg: u64,
+    pub remote_full_flushes: u64,
+    /// CR3 reloads on leaving lazy TLB mode.
+    pub lazy_tlb_reloads: u64,
+    /// First accesses to freshly made translations, as the benchmark
+    /// declares them (TLB fills).
+    pub touches: u64,
 }
 
 /// Counters divided by `ops * reps`, as the guest computed them.

@@ -12,9 +12,8 @@
 
 use crate::host::Host;
 use crate::log::Query;
+use crate::model::Model;
 use crate::plots::Plot;
-use crate::projection::{Column, Projected, Projection};
-use crate::reference::{self, Op, Platform, CONTEXT, REFERENCE_COSTS};
 use crate::summary::{Agg, FigKind, Summary, NOISY_SPREAD};
 use crate::targets::{Status, Target, MM_NAMES};
 use std::fmt::Write;
@@ -219,6 +218,7 @@ fn has_words(text: &str, words: &str) -> bool {
 pub fn column_key(header: &str) -> Option<&'static str> {
     COLUMNS
         .iter()
+        .chain(crate::model::COLUMNS)
         .map(|(k, _)| *k)
         .filter(|k| has_words(header, k))
         .max_by_key(|k| k.len())
@@ -253,15 +253,14 @@ fn used_columns(md: &str) -> Vec<&'static str> {
 }
 
 /// The whole report.
-pub fn render(s: &Summary, targets: &[Target], proj: &Projection, plots: &[Plot]) -> String {
+pub fn render(s: &Summary, targets: &[Target], model: &Model, plots: &[Plot]) -> String {
     // The body first, so that the glossary defines exactly the columns
     // its tables use.
     let mut body = String::new();
     targets_section(&mut body, targets);
     plots_section(&mut body, plots);
     figures(&mut body, s);
-    projection_section(&mut body, s, proj);
-    reference_section(&mut body);
+    crate::model::markdown(&mut body, model);
     boots_section(&mut body, s);
     let used = used_columns(&body);
     let mut out = String::new();
@@ -376,7 +375,8 @@ fn title(out: &mut String, s: &Summary) {
              instruction. A privileged instruction (a TLB flush, a control-register write, an IPI) costs here \
              what the emulator charges for it, not what a CPU or a hypervisor would. The instruction counts and \
              the queue's counters are exact on any platform; the cycle figures describe this emulator only. The \
-             *Projection* section puts the counts against published costs of real hypervisors.\n"
+             *cost model* section checks a model of the cycles on this run, and the *Projection* section \
+             applies it with published costs of real hypervisors.\n"
         );
     }
     if !s.all_succeeded() {
@@ -732,7 +732,8 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
             "arena_2m" => "the arena with 2 MiB pages; per write",
             "map_unmap_private" => "N vCPUs at once, each mapping and unmapping batches of 256 pages in a region of its own; per operation, all vCPUs' operations together",
             "map_unmap_shared" => "N vCPUs at once in one region that all of them read, so every flush must interrupt the others; per operation, all vCPUs' operations together",
-            "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "pte_write" | "self_ipi" | "ipi_roundtrip" => {
+            "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "cr4_write" | "tlb_fill" | "pte_write"
+            | "self_ipi" | "ipi_roundtrip" => {
                 continue;
             }
             _ => "a figure this version of the report does not describe",
@@ -742,8 +743,8 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
     if s.suite_any("exits").next().is_some() {
         let _ = writeln!(
             out,
-            "- `exits` suite: one privileged instruction repeated (`cpuid`, port I/O, `invlpg`, a CR3 reload, a \
-             page-table store, a self-IPI, an IPI to another vCPU and back): on a hypervisor each would be a VM \
+            "- `exits` suite: one privileged instruction repeated (`cpuid`, port I/O, `invlpg`, an `invlpg` \
+             and a read that refills the translation, a CR3 reload, a CR4 write, a page-table store, a self-IPI, an IPI to another vCPU and back): on a hypervisor each would be a VM \
              exit; under TCG it is what the emulator charges."
         );
     }
@@ -1206,200 +1207,6 @@ fn other_table(out: &mut String, s: &Summary) {
         );
     }
     let _ = writeln!(out);
-}
-
-fn projected(p: Projected) -> String {
-    match p {
-        Projected::Exactly(0.0) => "0".into(),
-        Projected::Exactly(v) => thousands(v),
-        Projected::AtLeast(v) => format!("≥ {}", thousands(v)),
-        Projected::Unknown => "n/a".into(),
-    }
-}
-
-fn column_cost(proj: &Projection, col: Column, op: Op) -> String {
-    use crate::projection::Costs;
-    match col {
-        Column::ThisRun => match proj.measured.cost(op) {
-            reference::Cycles::Unknown => "not measured".into(),
-            c => c.to_string(),
-        },
-        Column::Reference(p) => reference::cost(p, op).cycles.to_string(),
-    }
-}
-
-fn projection_section(out: &mut String, s: &Summary, proj: &Projection) {
-    let _ = writeln!(
-        out,
-        "## Projection (arithmetic on counts, not a measurement)\n"
-    );
-    let _ = writeln!(
-        out,
-        "**This is a projection.** For each `mm` figure it multiplies the privileged operations the queue \
-         counted per operation (PTE writes, `invlpg`, CR3 reloads, CR writes, IPIs) by a cost per operation: \
-         (a) what the `exits` suite measured in this run's timed boots, and (b) published costs for other \
-         platforms, cited under *Reference costs*. It counts transitions only: the stores themselves, cache and \
-         TLB misses and the queue's own work are left out, and it assumes the guest issues the same operations \
-         there as here. \"≥\" marks a column built from a lower bound. It does not predict the time of any \
-         run.\n"
-    );
-    if proj.rows.is_empty() {
-        let _ = writeln!(
-            out,
-            "No `mm` figure carries counters, so there is nothing to project.\n"
-        );
-        return;
-    }
-    let _ = writeln!(out, "Cost per operation used for each column, in cycles:\n");
-    let mut head = "| operation |".to_string();
-    let mut rule = "|---|".to_string();
-    for col in &proj.columns {
-        head += &format!(" {} |", col.label());
-        rule += "---|";
-    }
-    let _ = writeln!(out, "{head}\n{rule}");
-    for op in Op::ALL {
-        let mut row = format!("| {} |", op.label());
-        for col in &proj.columns {
-            row += &format!(" {} |", column_cost(proj, *col, op));
-        }
-        let _ = writeln!(out, "{row}");
-    }
-    let _ = writeln!(
-        out,
-        "\n(a) uses the timed `exits` figures `pte_write`, `invlpg`, `cr3_reload` (also for other CR writes) \
-         and `ipi_roundtrip` (else `self_ipi`).\n"
-    );
-    let names = crate::log::ordered(proj.rows.iter().map(|r| r.name.as_str()), MM_NAMES);
-    if let Some(cap) = s.ring_capacity() {
-        capacity_summary(out, proj, &names, cap);
-    }
-    let _ = writeln!(
-        out,
-        "Every batch size's projection is in `results.json` (`projection`).\n"
-    );
-}
-
-/// immediate against batched at ring capacity, per column: where batching
-/// would pay and where it would not.
-fn capacity_summary(out: &mut String, proj: &Projection, names: &[&str], cap: u64) {
-    let _ = writeln!(
-        out,
-        "At the ring's capacity (batch {cap}), projected immediate ÷ batched (projected cycles per operation \
-         in brackets):\n"
-    );
-    let mut head = "| figure |".to_string();
-    let mut rule = "|---|".to_string();
-    for col in &proj.columns {
-        head += &format!(" {} |", col.label());
-        rule += "---|";
-    }
-    let _ = writeln!(out, "{head}\n{rule}");
-    // Figures whose cells are all the same share a row: the counts of
-    // map_unmap and map_touch_unmap, say, are the same operations.
-    let mut rows: Vec<(Vec<&str>, String)> = Vec::new();
-    for name in names {
-        let (Some(imm), Some(bat)) = (
-            proj.row(name, "immediate", cap),
-            proj.row(name, "batched", cap),
-        ) else {
-            continue;
-        };
-        let mut line = String::new();
-        for (i, _) in proj.columns.iter().enumerate() {
-            let cellv = match (imm.projected[i].value(), bat.projected[i].value()) {
-                (Some(a), Some(b)) if b > 0.0 => format!(
-                    "{} ({} vs {})",
-                    ratio(a / b),
-                    projected(imm.projected[i]),
-                    projected(bat.projected[i])
-                ),
-                (Some(a), Some(_)) if a > 0.0 => "no transitions left".into(),
-                (Some(_), Some(_)) => "no transitions".into(),
-                _ => "n/a".into(),
-            };
-            line += &format!(" {cellv} |");
-        }
-        match rows.iter_mut().find(|(_, l)| *l == line) {
-            Some((ns, _)) => ns.push(name),
-            None => rows.push((vec![name], line)),
-        }
-    }
-    for (ns, line) in rows {
-        let _ = writeln!(out, "| {} |{line}", cell(&ns.join(", ")));
-    }
-    let _ = writeln!(
-        out,
-        "\nA ratio built from two lower bounds is indicative only. Under a guest-drained queue every PTE store \
-         is still issued, so on shadow paging batching saves the invalidations and IPIs but not the stores; \
-         a host that drained the queue itself (the 2007 design) would turn them into one hypercall per flush.\n"
-    );
-}
-
-fn reference_section(out: &mut String) {
-    let _ = writeln!(out, "## Reference costs and sources\n");
-    let _ = writeln!(
-        out,
-        "Which operations leave the guest depends on the platform:\n\n\
-         - **KVM with EPT/NPT**: the guest owns its page tables. PTE stores, `invlpg` and CR3 loads run \
-         natively; KVM turns INVLPG and CR3-load exiting off. IPIs still exit (the write to the APIC's ICR), \
-         unless the CPU virtualizes IPIs.\n\
-         - **KVM with shadow paging** (`ept=0`, or no EPT underneath): KVM write-protects the guest's page \
-         tables and keeps its own shadow copies, so every PTE store to them faults and is emulated, and \
-         `invlpg` and CR3 loads exit so that KVM can bring the shadows in step.\n\
-         - **Nested virtualization** (KVM on KVM): an exit of the inner guest (L2) goes to L0, which reflects \
-         it to L1; L1's handler then exits to L0 again on its own VMREADs, VMWRITEs and VMRESUME, so one L2 \
-         exit costs several L1 exits — about 13 times a plain exit in the figures below. With EPT on EPT, \
-         L2's page-table work stays native; when L1 runs L2 with shadow paging (no nested EPT), every PTE \
-         store, `invlpg` and CR3 load pays the nested exit.\n"
-    );
-    // Each source once, numbered in order of first use; the table cites
-    // the numbers.
-    let mut sources: Vec<&str> = Vec::new();
-    for r in REFERENCE_COSTS {
-        if !sources.contains(&r.source) {
-            sources.push(r.source);
-        }
-    }
-    let num = |src: &str| sources.iter().position(|x| *x == src).map_or(0, |i| i + 1);
-    define(out, &["platform", "cycles", "what it measures", "source"]);
-    let _ = writeln!(
-        out,
-        "{}",
-        header(&[
-            "platform",
-            "operation",
-            "cycles",
-            "what it measures",
-            "source"
-        ])
-    );
-    for r in REFERENCE_COSTS {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | [{}] |",
-            r.platform.label(),
-            r.op.label(),
-            r.cycles,
-            cell(r.measures),
-            num(r.source)
-        );
-    }
-    let _ = writeln!(out, "\nSources:\n");
-    for (i, src) in sources.iter().enumerate() {
-        let _ = writeln!(out, "{}. {}", i + 1, src);
-    }
-    let _ = writeln!(out, "\nFor scale:\n");
-    for (fig, what) in CONTEXT {
-        let _ = writeln!(out, "- **{fig}**: {what}.");
-    }
-    let _ = writeln!(
-        out,
-        "\nShadow-paging rows are lower bounds: no published per-operation cost for a shadow-paging page-table \
-         write, `invlpg` or CR3 load was found, so they use the cost of a bare exit, which the shadow MMU's \
-         work only adds to. The projection for {} therefore understates what batching would save there.\n",
-        Platform::KvmShadow.label()
-    );
 }
 
 fn boots_section(out: &mut String, s: &Summary) {

@@ -7,7 +7,7 @@
 //! - `benchmark.json`: github-action-benchmark's `customSmallerIsBetter`
 //!   input (name, unit, value per figure), for a dashboard.
 
-use crate::projection::{Projected, Projection};
+use crate::model::{Event, Model, Platform};
 use crate::summary::{Agg, FigKind, Summary};
 use serde_json::{json, Value};
 
@@ -53,46 +53,77 @@ pub fn figure_json(s: &Summary, a: &Agg) -> Value {
     })
 }
 
-/// The projection's rows: every mm figure, every column.
-fn projection_json(p: &Projection) -> Value {
-    let rows: Vec<Value> = p
-        .rows
-        .iter()
-        .map(|r| {
-            let cols: serde_json::Map<String, Value> = p
-                .columns
+/// A cost range as JSON.
+fn cost_json(c: crate::model::Cost) -> Value {
+    json!({ "lo": finite(c.lo), "hi": finite(c.hi), "at_least": c.at_least })
+}
+
+fn finite(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        Value::Null
+    }
+}
+
+/// The cost model: this run's fit, every figure checked, every suite's
+/// error, and the projections.
+fn model_json(m: &Model) -> Value {
+    let events = |e: &crate::model::Events| -> Value {
+        Value::Object(
+            Event::ALL
                 .iter()
-                .zip(&r.projected)
-                .map(|(c, v)| {
-                    let cell = match v {
-                        Projected::Exactly(x) => json!({ "cycles": x, "lower_bound": false }),
-                        Projected::AtLeast(x) => json!({ "cycles": x, "lower_bound": true }),
-                        Projected::Unknown => Value::Null,
-                    };
-                    (c.label(), cell)
-                })
-                .collect();
-            json!({
-                "name": r.name,
-                "backend": r.backend,
-                "batch": r.batch,
-                "counts_per_op": {
-                    "pte_writes": r.counts.pte_writes,
-                    "invlpg": r.counts.invlpg,
-                    "cr3_reloads": r.counts.cr3_reloads,
-                    "cr_writes": r.counts.cr_writes,
-                    "ipis": r.counts.ipis,
-                },
-                "measured_cycles": r.measured_cycles,
-                "projected": cols,
-            })
-        })
-        .collect();
-    Value::Array(rows)
+                .map(|x| (x.key().to_string(), json!(e.get(*x))))
+                .collect(),
+        )
+    };
+    json!({
+        "cpi": m.fit.cpi.and_then(|c| c.is_finite().then_some(c)),
+        "fit_figures": m.fit.fit_figures,
+        "costs": Value::Object(
+            m.fit
+                .costs
+                .iter()
+                .map(|(e, c)| (e.key().to_string(), c.map_or(Value::Null, finite)))
+                .collect(),
+        ),
+        "checks": m.checks.iter().map(|c| json!({
+            "id": c.id(),
+            "instructions": finite(c.instructions),
+            "events_per_op": events(&c.events),
+            "predicted": finite(c.predicted),
+            "measured": finite(c.measured),
+            "error": finite(c.error()),
+            "in_fit": c.in_fit,
+        })).collect::<Vec<_>>(),
+        "suites": m.suites.iter().map(|se| json!({
+            "suite": se.suite,
+            "figures": se.figures,
+            "within_target": se.within,
+            "median_abs_error": finite(se.median_abs),
+            "max_abs_error": finite(se.max_abs),
+            "median_error": finite(se.median),
+        })).collect::<Vec<_>>(),
+        "projections": m.projected.iter().map(|p| json!({
+            "suite": p.suite,
+            "name": p.name,
+            "batch": p.batch,
+            "vcpus": p.vcpus,
+            "platforms": Value::Object(
+                Platform::ALL
+                    .iter()
+                    .zip(&p.cells)
+                    .map(|(pl, (i, b))| {
+                        (pl.key().to_string(), json!({ "immediate": cost_json(*i), "batched": cost_json(*b) }))
+                    })
+                    .collect(),
+            ),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// results.json.
-pub fn to_json(s: &Summary, problems: &[String], proj: &Projection, created: &str) -> String {
+pub fn to_json(s: &Summary, problems: &[String], model: &Model, created: &str) -> String {
     let boots: Vec<Value> = s
         .boots
         .iter()
@@ -163,7 +194,7 @@ pub fn to_json(s: &Summary, problems: &[String], proj: &Projection, created: &st
             "all_succeeded": s.all_succeeded(),
         },
         "figures": s.figures.iter().map(|a| figure_json(s, a)).collect::<Vec<_>>(),
-        "projection": projection_json(proj),
+        "model": model_json(model),
         "problems": problems,
         "boots": boots,
     });
@@ -375,14 +406,34 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("figures[].events_per_op.invalidations", "number?", "invlpg + full flushes per operation"),
     ("figures[].events_per_op.ipis", "number?", "IPIs per operation"),
     ("figures[].checksums", "array", "each boot's workload checksum (null where the figure has none)"),
-    ("projection", "array", "every mm figure's counted operations times the cost per operation on each platform (report.md, Projection)"),
-    ("projection[]", "object", "one mm figure"),
-    ("projection[].name", "string", "the benchmark"),
-    ("projection[].backend", "string", "the backend"),
-    ("projection[].batch", "int", "operations per flush"),
-    ("projection[].counts_per_op", "map", "privileged operations per operation by kind: pte_writes, invlpg, cr3_reloads, cr_writes, ipis"),
-    ("projection[].measured_cycles", "number?", "the timed median of the same figure in this run"),
-    ("projection[].projected", "map", "per column (this run's exits, then each reference platform): `{cycles, lower_bound}`, or null where a counted operation has no known cost"),
+    ("model", "object", "the cost model (report.md, The cost model and Projection): cycles/op ≈ instructions/op × CPI + Σ events/op × cost"),
+    ("model.cpi", "number?", "the cycles per guest instruction fitted on this run's floor figures and `pte_write` exit (null: not enough figures)"),
+    ("model.fit_figures", "int", "how many figures the CPI was fitted on"),
+    ("model.costs", "map", "per event: its cost on this run in cycles, from its `exits` figure less that figure's instructions at the CPI (null: not measured)"),
+    ("model.checks", "array", "every figure with counted and timed twins and counters, predicted and measured"),
+    ("model.checks[]", "object", "one figure"),
+    ("model.checks[].id", "string", "the figure's id, as in `figures[]`"),
+    ("model.checks[].instructions", "number?", "its counted instructions per operation"),
+    ("model.checks[].events_per_op", "map", "the events the model prices, per operation"),
+    ("model.checks[].predicted", "number?", "predicted cycles per operation"),
+    ("model.checks[].measured", "number?", "the timed median, cycles per operation"),
+    ("model.checks[].error", "number?", "(predicted − measured) ÷ measured"),
+    ("model.checks[].in_fit", "bool", "a floor figure, which the CPI was fitted on"),
+    ("model.suites", "array", "the check's error per suite, the fit's figures left out"),
+    ("model.suites[]", "object", "one suite"),
+    ("model.suites[].suite", "string", "the suite"),
+    ("model.suites[].figures", "int", "figures checked"),
+    ("model.suites[].within_target", "int", "figures within ±25%"),
+    ("model.suites[].median_abs_error", "number?", "the median |error|"),
+    ("model.suites[].max_abs_error", "number?", "the largest |error|"),
+    ("model.suites[].median_error", "number?", "the median signed error (negative: predicted too low)"),
+    ("model.projections", "array", "per suite, each benchmark immediate and batched at its largest batch or vCPU count, projected onto every reference platform"),
+    ("model.projections[]", "object", "one benchmark"),
+    ("model.projections[].suite", "string", "the suite"),
+    ("model.projections[].name", "string", "the benchmark"),
+    ("model.projections[].batch", "int", "the batched figure's batch"),
+    ("model.projections[].vcpus", "int", "vCPUs"),
+    ("model.projections[].platforms", "map", "per platform key: `{immediate, batched}`, each `{lo, hi, at_least}` cycles per operation"),
     ("problems", "array", "what `--check` found wrong, one sentence each (empty: the run passed)"),
     ("boots", "array", "every boot, in the order given"),
     ("boots[]", "object", "one boot"),

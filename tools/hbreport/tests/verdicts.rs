@@ -1,12 +1,10 @@
-//! The targets and the projection: verdicts met and missed as the figures
-//! say, each naming the kind of figure it rests on, missing figures listed,
-//! and the projection's arithmetic and sources.
+//! The targets: verdicts met and missed as the figures say, each naming
+//! the kind of figure it rests on, missing figures listed. (The cost
+//! model's tests are in model.rs.)
 
 mod common;
 
 use common::*;
-use hbreport::projection::{self, Column, Costs, MeasuredCosts, OpCounts, Projected};
-use hbreport::reference::{self, Cycles, Op, Platform, REFERENCE_COSTS};
 use hbreport::summary::Summary;
 use hbreport::targets::{self, Status, Target};
 use serde_json::json;
@@ -245,155 +243,6 @@ fn privileged_fraction_met_when_batched_issues_a_64th() {
     let t = target(&ts, "removes privileged");
     assert_eq!(t.status, Status::Met, "{t:?}");
     assert!(t.margin.contains("1/100 ≤ 1/64"), "{}", t.margin);
-}
-
-// --- projection ---
-
-struct Fixed(Vec<(Op, Cycles)>);
-
-impl Costs for Fixed {
-    fn cost(&self, op: Op) -> Cycles {
-        self.0
-            .iter()
-            .find(|(o, _)| *o == op)
-            .map_or(Cycles::Unknown, |(_, c)| *c)
-    }
-}
-
-#[test]
-fn projection_is_counts_times_costs() {
-    let counts = OpCounts {
-        pte_writes: 2.0,
-        invlpg: 1.0,
-        cr3_reloads: 0.25,
-        cr_writes: 0.0,
-        ipis: 0.5,
-    };
-    let costs = Fixed(vec![
-        (Op::PteWrite, Cycles::Exactly(30)),
-        (Op::Invlpg, Cycles::Exactly(400)),
-        (Op::Cr3Reload, Cycles::Exactly(4000)),
-        (Op::Ipi, Cycles::Exactly(2000)),
-    ]);
-    assert_eq!(
-        projection::project_counts(&counts, &costs),
-        Projected::Exactly(60.0 + 400.0 + 1000.0 + 1000.0)
-    );
-    let costs = Fixed(vec![
-        (Op::PteWrite, Cycles::AtLeast(1000)),
-        (Op::Invlpg, Cycles::NoExit),
-        (Op::Cr3Reload, Cycles::NoExit),
-        (Op::Ipi, Cycles::Exactly(3000)),
-    ]);
-    assert_eq!(
-        projection::project_counts(&counts, &costs),
-        Projected::AtLeast(2000.0 + 1500.0)
-    );
-    let costs = Fixed(vec![(Op::PteWrite, Cycles::Exactly(1))]);
-    assert_eq!(
-        projection::project_counts(&counts, &costs),
-        Projected::Unknown
-    );
-    assert_eq!(
-        projection::project_counts(&OpCounts::default(), &costs),
-        Projected::Exactly(0.0)
-    );
-}
-
-#[test]
-fn sample_projection_uses_this_runs_exit_costs() {
-    let s = one(SAMPLE);
-    let m = MeasuredCosts::from_summary(&s);
-    assert_eq!(m.cost(Op::PteWrite), Cycles::Exactly(31));
-    assert_eq!(m.cost(Op::Invlpg), Cycles::Exactly(390));
-    assert_eq!(m.cost(Op::Cr3Reload), Cycles::Exactly(5512));
-    assert_eq!(m.cost(Op::Ipi), Cycles::Exactly(41210));
-
-    let p = projection::project(&s);
-    assert_eq!(p.rows.len(), 27);
-    let col = |c: Column| p.columns.iter().position(|x| *x == c).unwrap();
-    let imm = p.row("map_unmap", "immediate", 256).unwrap();
-    assert_eq!(imm.counts.pte_writes, 2.0);
-    assert_eq!(imm.counts.invlpg, 1.0);
-    assert_eq!(
-        imm.projected[col(Column::ThisRun)],
-        Projected::Exactly(2.0 * 31.0 + 390.0)
-    );
-    assert_eq!(
-        imm.projected[col(Column::Reference(Platform::KvmEpt))],
-        Projected::Exactly(0.0)
-    );
-    assert_eq!(
-        imm.projected[col(Column::Reference(Platform::KvmShadow))],
-        Projected::AtLeast(3.0 * 1018.0)
-    );
-    let bat = p.row("map_unmap", "batched", 256).unwrap();
-    let want = 2.0 * 31.0 + 5512.0 / 256.0;
-    match bat.projected[col(Column::ThisRun)] {
-        Projected::Exactly(v) => assert!((v - want).abs() < 1e-9, "{v} vs {want}"),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn a_counting_only_run_projects_no_cost_of_its_own() {
-    // An instruction count is not a cost: column (a) is unknown.
-    let s = summary_of(&[("c.log", QUICK_COUNT)]);
-    let p = projection::project(&s);
-    let row = p.row("map_unmap", "immediate", 256).unwrap();
-    assert_eq!(row.projected[0], Projected::Unknown);
-    assert!(row.measured_cycles.is_none());
-    // With timed boots it is known, and the counts come from the counting boot.
-    let p = projection::project(&quick_run());
-    let row = p.row("map_unmap", "immediate", 256).unwrap();
-    assert!(matches!(row.projected[0], Projected::Exactly(_)));
-    assert!(row.measured_cycles.is_some());
-}
-
-#[test]
-fn projection_without_an_exits_suite_is_unknown_for_this_run() {
-    let p = projection::project(&mm_run(1000.0, 50.0));
-    let row = p.row("map_unmap", "immediate", 64).unwrap();
-    assert_eq!(row.projected[0], Projected::Unknown);
-    assert!(matches!(row.projected[2], Projected::AtLeast(_)));
-}
-
-#[test]
-fn reference_table_has_one_sourced_row_per_platform_and_operation() {
-    for platform in Platform::ALL {
-        for op in Op::ALL {
-            let rows: Vec<_> = REFERENCE_COSTS
-                .iter()
-                .filter(|r| r.platform == platform && r.op == op)
-                .collect();
-            assert_eq!(rows.len(), 1, "{platform:?} {op:?}");
-            let r = rows[0];
-            assert!(r.source.len() > 40, "{platform:?} {op:?}: source too thin");
-            assert!(!r.measures.is_empty());
-            assert_ne!(
-                reference::cost(platform, op).source,
-                "no published figure found"
-            );
-            match r.cycles {
-                Cycles::Exactly(c) | Cycles::AtLeast(c) => assert!(c > 0),
-                Cycles::NoExit | Cycles::Unknown => {}
-            }
-        }
-    }
-    assert_eq!(
-        reference::cost(Platform::KvmEpt, Op::PteWrite).cycles,
-        Cycles::NoExit
-    );
-    assert!(matches!(
-        reference::cost(Platform::KvmEpt, Op::Ipi).cycles,
-        Cycles::Exactly(_)
-    ));
-    for op in [Op::PteWrite, Op::Invlpg, Op::Cr3Reload] {
-        assert!(matches!(
-            reference::cost(Platform::KvmShadow, op).cycles,
-            Cycles::AtLeast(_)
-        ));
-    }
 }
 
 /// A counting log at ring capacity 64 (synthetic): map_unmap immediate
