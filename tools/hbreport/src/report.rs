@@ -187,10 +187,6 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("mode", "how QEMU ran the boot: the accelerator, TCG's threading, icount"),
     ("exit", "the guest's exit status (0: success)"),
     ("figures", "result records the boot printed"),
-    ("platform", "a hypervisor configuration whose costs were published"),
-    ("cycles", "the published cost of one such operation there, in CPU cycles (≥: a lower bound)"),
-    ("what it measures", "what the published figure times, and on what"),
-    ("source", "where it was published (numbered below)"),
 ];
 
 pub(crate) fn header(names: &[&str]) -> String {
@@ -768,18 +764,14 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
     let _ = writeln!(out);
 }
 
-/// Columns defined where their table is (the targets, the reference costs
-/// and the boots), not in the glossary.
+/// Columns defined where their table is (the targets and the boots), not
+/// in the glossary.
 const LOCAL_COLUMNS: &[&str] = &[
     "target",
     "requirement",
     "basis",
     "measured",
     "verdict",
-    "platform",
-    "cycles",
-    "what it measures",
-    "source",
     "log",
     "kind",
     "mode",
