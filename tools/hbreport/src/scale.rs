@@ -423,8 +423,8 @@ pub fn section(out: &mut String, s: &Summary) {
     let hz = tsc_hz(s, m);
     let _ = writeln!(
         out,
-        "From {}. Each vCPU maps a batch of 256 pages and unmaps them, 32 rounds in private regions and 8 in the shared one (2 in quick mode), all vCPUs \
-         at once: *private*, each in a region of its own (no common lock, nothing to shoot down); *shared*, \
+        "From {}. Each vCPU maps a batch of 256 pages and unmaps them, 32 rounds in private regions and 8 \
+         in the shared one (2 in quick mode), all vCPUs at once: *private*, each in a region of its own (no common lock, nothing to shoot down); *shared*, \
          all in one region that every vCPU reads, 64 pages each, so every flush must interrupt the others. \
          Counted: every vCPU's instructions per operation (flat when nothing serialises). Timed: the whole \
          run's elapsed cycles per operation of all vCPUs; its inverse is the aggregate rate{}.{}\n",
