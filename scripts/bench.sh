@@ -585,8 +585,8 @@ stage=""
 if ((${#logs_in[@]})); then
     hb_say "done: a report on ${#logs[@]} saved log(s)"
 else
-    extra=""
-    [[ -n "$extra_suites" ]] && extra=", and as many at $extra_smp vCPUs (suite=$extra_suites)"
-    hb_say "done in $((($(hb_now_us) - started_us) / 1000000)) s of wall-clock time: $counting counting and $timed timed boot(s) at $smp vCPUs$extra"
+    extra_note=""
+    [[ -n "$extra_suites" ]] && extra_note=", and as many at $extra_smp vCPUs (suite=$extra_suites)"
+    hb_say "done in $((($(hb_now_us) - started_us) / 1000000)) s of wall-clock time: $counting counting and $timed timed boot(s) at $smp vCPUs$extra_note"
 fi
 echo "$out/report.md"
