@@ -25,13 +25,15 @@ pub fn thousands(x: f64) -> String {
         return if x > 0.0 { "∞".into() } else { "n/a".into() };
     }
     let a = x.abs();
-    if a >= 1000.0 {
+    // Compared after rounding to each branch's precision, so that 999.6
+    // prints as "1,000", not "1000", and 99.96 as "100", not "100.0".
+    if a.round() >= 1000.0 {
         group(x.round(), 0)
-    } else if a >= 100.0 {
+    } else if (a * 10.0).round() >= 1000.0 {
         format!("{x:.0}")
-    } else if a >= 10.0 {
+    } else if (a * 100.0).round() >= 1000.0 {
         format!("{x:.1}")
-    } else if a >= 1.0 || a == 0.0 {
+    } else if (a * 1000.0).round() >= 1000.0 || a == 0.0 {
         format!("{x:.2}")
     } else {
         format!("{x:.3}")

@@ -753,3 +753,17 @@ fn the_report_flags_noisy_timed_figures_and_counted_figures_that_differ() {
     assert_eq!(noisy.len(), 1);
     assert_eq!(noisy[0]["unit"], "cycles");
 }
+
+#[test]
+fn numbers_round_before_they_pick_a_format() {
+    use hbreport::report::thousands;
+    assert_eq!(thousands(999.6), "1,000");
+    assert_eq!(thousands(1234.4), "1,234");
+    assert_eq!(thousands(99.96), "100");
+    assert_eq!(thousands(99.94), "99.9");
+    assert_eq!(thousands(9.996), "10.0");
+    assert_eq!(thousands(0.9996), "1.00");
+    assert_eq!(thousands(0.25), "0.250");
+    assert_eq!(thousands(0.0), "0.00");
+    assert_eq!(thousands(-1500.0), "-1,500");
+}
