@@ -580,32 +580,37 @@ fn headlines(s: &Summary) -> Vec<String> {
             }
             v.push(format!(
                 "**Mapping and unmapping pages one call at a time, 1 vCPU, batches of {cap}:** batched costs {}. \
-                 Batching replaces a flush and an `invlpg` per page with one flush per batch; what is left is \
-                 the page-table stores and the mm's own bookkeeping.",
+                 Batching replaces an `invlpg` per page with one flush per batch; what is left is the \
+                 page-table stores and the mm's own bookkeeping.",
                 parts.join(" and ")
             ));
         }
     }
-    // 2. privileged operations
+    // 2. what a host intercepts
     let qi = q("mm", "map_unmap", "immediate", Some(256), Some(1));
     let qb = q("mm", "map_unmap", "batched", Some(256), Some(1));
     let pick = |qq: &Query<'_>| get(qq, FigKind::Counted).or(get(qq, FigKind::Timed));
     if let (Some(i), Some(b)) = (pick(&qi), pick(&qb)) {
         let (i, b) = (s.counters_source(i), s.counters_source(b));
-        if let (Some(pi), Some(pb), Some(ii), Some(ib)) = (
-            i.fig.privileged_per_op(),
-            b.fig.privileged_per_op(),
-            i.fig.invalidations_per_op(),
-            b.fig.invalidations_per_op(),
-        ) {
+        let trapped = |a: &Agg| {
+            a.fig.per(|c| {
+                (c.invlpg + c.full_flushes + c.cr_writes + c.ipis) as f64 + c.tables_unsynced as f64
+            })
+        };
+        let stores = |a: &Agg| a.fig.per(|c| c.pte_writes as f64);
+        if let (Some(ti), Some(tb), Some(si), Some(sb)) =
+            (trapped(i), trapped(b), stores(i), stores(b))
+        {
             v.push(format!(
-                "**Privileged operations per map+unmap fall from {} to {}** (batch 256): a host that traps them \
-                 would charge that many transitions per page. The page-table stores remain, because the guest \
-                 still writes every entry; TLB invalidations fall from {} to {} per page.",
-                count(Some(pi)),
-                count(Some(pb)),
-                count(Some(ii)),
-                count(Some(ib))
+                "**The operations a host intercepts fall from {} to {} per map+unmap** (batch 256: TLB \
+                 invalidations, control-register writes, IPIs and the first store to a leaf table in each \
+                 sync epoch, which shadow paging traps). The page-table stores stay at {} per page immediate \
+                 and {} batched, because the guest still writes every entry; they are plain memory writes on EPT/NPT and, \
+                 past a table's first, under shadow paging too.",
+                count(Some(ti)),
+                count(Some(tb)),
+                count(Some(si)),
+                count(Some(sb))
             ));
         }
     }
@@ -638,18 +643,36 @@ fn headlines(s: &Summary) -> Vec<String> {
             ));
         }
     }
-    // 4. the queue's own cost, a call per batch
+    // 4. the queue's own cost, a call per batch and a call per page
     if let Some(cap) = cap {
-        let qb = q("mm", "map_unmap_range", "batched", Some(cap), Some(1));
-        let qf = q("mm", "map_unmap_range", "floor", Some(cap), Some(1));
-        let t = pair_text(get(&qb, FigKind::Counted), get(&qf, FigKind::Counted))
-            .or_else(|| pair_text(get(&qb, FigKind::Timed), get(&qf, FigKind::Timed)));
-        if let Some((r, txt)) = t {
+        let ratio_of = |name: &str| {
+            let qb = q("mm", name, "batched", Some(cap), Some(1));
+            let qf = q("mm", name, "floor", Some(cap), Some(1));
+            let pair = |k| Some((get(&qb, k)?, get(&qf, k)?));
+            pair(FigKind::Counted)
+                .or_else(|| pair(FigKind::Timed))
+                .filter(|(_, f)| f.median > 0.0)
+                .map(|(b, f)| {
+                    let n = |x: &Agg| match x.kind {
+                        FigKind::Counted => exact(x.median),
+                        FigKind::Timed => thousands(x.median),
+                    };
+                    (
+                        b.median / f.median,
+                        format!("{} vs {} {}", n(b), n(f), b.kind.unit_short()),
+                    )
+                })
+        };
+        if let (Some((rr, tr)), Some((rp, tp))) =
+            (ratio_of("map_unmap_range"), ratio_of("map_unmap"))
+        {
             v.push(format!(
-                "**The queue itself costs {} the bare minimum** (map+unmap with one call per batch of {cap}: \
-                 {txt} per page, batched against the floor, which does the same stores and one flush by hand \
-                 with no queue). The difference is validation, enqueueing and draining.",
-                ratio(r)
+                "**The queue itself costs {} the bare minimum with one call per batch, {} with one call per \
+                 page** (map+unmap, batch {cap}: {tr} per page, and {tp}; the floor does the same stores and \
+                 one flush by hand with no queue). The difference is each call's entry, checks, table lock and \
+                 enqueue: paid once per batch by a range call, once per page by a per-page call.",
+                ratio(rr),
+                ratio(rp)
             ));
         }
     }

@@ -42,7 +42,7 @@ fn sample_targets_are_met_and_missed_as_the_figures_say() {
         assert_eq!(t.status, Status::Missing, "{part}");
         assert!(t.margin.contains("no counting boot"), "{}", t.margin);
     }
-    assert_eq!(status("removes privileged"), Status::NotMet);
+    assert_eq!(status("operations a host traps"), Status::Met);
     assert_eq!(status("(cow_snapshot)"), Status::Met);
     assert_eq!(status("(page_flip_ring)"), Status::Met);
     assert_eq!(status("(arena)"), Status::NotMet);
@@ -78,13 +78,17 @@ fn sample_targets_are_met_and_missed_as_the_figures_say() {
         "{:?}",
         t.why
     );
-    let t = target(&ts, "removes privileged");
-    let why = t.why.as_deref().unwrap();
-    assert!(why.contains("PTE writes (2.000/op)"), "{why}");
+    // Invalidations, CR writes and IPIs fall to 1/256; the PTE stores,
+    // which no host intercepts past a table's first, are shown beside.
+    let t = target(&ts, "operations a host traps");
+    assert!(t.measured.contains("= 1/256"), "{}", t.measured);
     assert!(
-        why.contains("1/256 of immediate, which meets 1/64"),
-        "{why}"
+        t.measured
+            .contains("PTE stores beside them: 2.000 vs 2.000"),
+        "{}",
+        t.measured
     );
+    assert!(t.margin.contains("met with 4.00x to spare"), "{}", t.margin);
     for t in ts.iter().filter(|t| t.status == Status::NotMet) {
         assert!(t.why.is_some(), "{} has no why", t.title);
         assert!(!t.margin.is_empty());
@@ -111,7 +115,7 @@ fn each_verdict_rests_on_its_kind_of_figure() {
         "instruction counts (exact)"
     );
     assert_eq!(
-        basis("removes privileged"),
+        basis("operations a host traps"),
         "the queue's counters (counting boot, exact)"
     );
     assert_eq!(basis("(arena)"), "timed, median of 2 boots");
@@ -191,7 +195,7 @@ fn missing_figures_are_listed_not_hidden() {
         "{}",
         t.margin
     );
-    let t = target(&ts, "removes privileged");
+    let t = target(&ts, "operations a host traps");
     assert_eq!(t.status, Status::Missing);
     assert!(t.margin.contains("batch 256"), "{}", t.margin);
     let t = target(&ts, "Whole tasks");
@@ -240,7 +244,7 @@ fn privileged_fraction_met_when_batched_issues_a_64th() {
         json!({"full_flushes": 10}),
     );
     let ts = targets::evaluate(&one(&text(&[env_line(256), imm, bat])));
-    let t = target(&ts, "removes privileged");
+    let t = target(&ts, "operations a host traps");
     assert_eq!(t.status, Status::Met, "{t:?}");
     assert!(t.margin.contains("1/100 ≤ 1/64"), "{}", t.margin);
 }
@@ -357,4 +361,47 @@ fn the_lean_core_and_the_flush_cost_are_judged_on_counts() {
     let t = target(&ts, "honest immediate");
     assert_eq!(t.status, Status::Missing);
     assert!(t.margin.contains("no more often"), "{}", t.margin);
+}
+
+#[test]
+fn intercepted_operations_count_unsyncs_but_not_later_stores() {
+    // Synthetic: 1,000 map+unmaps at batch 256. Batched flushes fully
+    // every 256 and first-writes its leaf table again in each new epoch:
+    // 4 + 4 + 4 = 12 intercepted against immediate's 1,000 invlpg + 1
+    // unsync = 1/83, met. With 20 invalidations more (32 = 1/31), missed.
+    let run = |extra_invlpg: u64| {
+        let lines = vec![
+            env_line(256),
+            result_unit(
+                "mm",
+                "map_unmap",
+                "immediate",
+                256,
+                1,
+                500.0,
+                json!({"pte_writes": 2000, "invlpg": 1000, "tables_unsynced": 1}),
+                "instructions",
+            ),
+            result_unit(
+                "mm",
+                "map_unmap",
+                "batched",
+                256,
+                1,
+                370.0,
+                json!({"pte_writes": 2000, "invlpg": extra_invlpg, "full_flushes": 4, "ipis": 4,
+                       "tables_unsynced": 4}),
+                "instructions",
+            ),
+        ];
+        targets::evaluate(&one(&text(&lines)))
+    };
+    let ts = run(0);
+    let t = target(&ts, "operations a host traps");
+    assert_eq!(t.status, Status::Met, "{}", t.margin);
+    assert!(t.measured.contains("= 1/83"), "{}", t.measured);
+    let ts = run(20);
+    let t = target(&ts, "operations a host traps");
+    assert_eq!(t.status, Status::NotMet, "{}", t.margin);
+    assert!(t.why.as_deref().unwrap().contains("invlpg"), "{:?}", t.why);
 }
