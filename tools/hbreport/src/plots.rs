@@ -698,7 +698,18 @@ fn speedup_panel(
     vline: Option<(f64, String)>,
 ) -> Panel {
     let mut series = Vec::new();
-    for (i, name) in names.iter().enumerate() {
+    // A 2 MiB variant takes its 4 KiB figure's colour, dashed, so that
+    // eight figures need no more than the palette's six colours.
+    let mut bases: Vec<&str> = Vec::new();
+    for name in names {
+        let base = name.strip_suffix("_2m").unwrap_or(name);
+        if !bases.contains(&base) {
+            bases.push(base);
+        }
+    }
+    for name in names.iter() {
+        let base = name.strip_suffix("_2m").unwrap_or(name);
+        let i = bases.iter().position(|b| *b == base).unwrap_or(0);
         let mut pts = Vec::new();
         let mut band = Vec::new();
         let mut bats: Vec<&Agg> = s
@@ -732,7 +743,7 @@ fn speedup_panel(
         series.push(Series {
             label: name.to_string(),
             colour: NAMES[i % NAMES.len()],
-            dashed: false,
+            dashed: name.ends_with("_2m"),
             wide: false,
             points: pts,
             band,
