@@ -106,7 +106,7 @@ fn check_section(out: &mut String, m: &Model) {
         out,
         "Fitted CPI: **{cpi:.2}** cycles per guest instruction (least squares over {} figures on the relative error, on the medians \
          across boots). Each timed boot is predicted with its own fit, since a shared host runs one boot faster \
-         than another (CPI per boot: {}). This run's costs per event, from the medians across boots:\n",
+         than another (CPI per timed boot with floor figures to fit on, in boot order: {}). This run's costs per event, from the medians across boots:\n",
         m.fit.fit_figures,
         if m.boot_fits.is_empty() {
             "none".to_string()
@@ -135,12 +135,19 @@ fn check_section(out: &mut String, m: &Model) {
                 })
                 .take(1)
                 .collect();
+            // A cost the subtraction would make negative is priced at 0:
+            // the exit cost less than its own instructions at the CPI.
+            let clamped = if *c == Some(0.0) && !got.is_empty() {
+                " (less than its instructions at the fitted CPI: clamped at 0)"
+            } else {
+                ""
+            };
             if got.is_empty() {
                 format!("`{}` not measured", ns[0])
             } else if *e == Event::Touch {
-                format!("{}, less `invlpg`", got.join(""))
+                format!("{}, less `invlpg`{clamped}", got.join(""))
             } else {
-                got.join("")
+                format!("{}{clamped}", got.join(""))
             }
         });
         let _ = writeln!(
