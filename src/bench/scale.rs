@@ -1,7 +1,10 @@
 //! `run=bench`'s `scale` suite: N vCPUs map and unmap at once, each in a
-//! region of its own (`private`: no common lock, nothing to shoot down) or
-//! all in one region that every one of them reads (`shared`: every flush
-//! must reach the others).
+//! region of its own (`private`: no common lock, and no other vCPU reads
+//! the pages, but one address space: each batch's flush still sends the
+//! other running vCPUs one shootdown round, since nothing tells the sender
+//! that their TLBs lack the pages) or all in one region that every one of
+//! them reads (`shared`: every flush must reach the others, and they hold
+//! the translations).
 //!
 //! Each vCPU runs the same loop: a batch of 256 one-page maps, then the 256
 //! unmaps, `rounds` times. The figure is the elapsed time of the whole run

@@ -751,7 +751,7 @@ fn glossary(out: &mut String, s: &Summary, used: &[&str]) {
             "map_unmap_2m" | "map_touch_unmap_2m" | "protect_2m" => "the same per-page calls with **2 MiB pages**; per 2 MiB page (*page sizes* below puts both sizes per MiB)",
             "unmap_shootdown_2m" => "`unmap_shootdown` with 2 MiB pages; per 2 MiB page",
             "arena_2m" => "the arena with 2 MiB pages; per write",
-            "map_unmap_private" => "N vCPUs at once, each mapping and unmapping batches of 256 pages in a region of its own; per operation, all vCPUs' operations together",
+            "map_unmap_private" => "N vCPUs at once, each mapping and unmapping batches of 256 pages in a region of its own (one shootdown round per batch to the others, which share the address space); per operation, all vCPUs' operations together",
             "map_unmap_shared" => "N vCPUs at once in one region that all of them read, so every flush must interrupt the others; per operation, all vCPUs' operations together",
             "cpuid" | "pio_out" | "pio_in" | "invlpg" | "cr3_reload" | "cr4_write" | "tlb_fill" | "pte_write"
             | "self_ipi" | "ipi_roundtrip" => {
