@@ -1085,6 +1085,20 @@ fn smp_table(out: &mut String, s: &Summary) {
         "### smp: unmap with shootdown, per page (batch {batch})\n\nIPIs/page and rounds/page read immediate / \
          batched.\n"
     );
+    shootdown_rows(out, s, &vcpus, |backend, kind, v| {
+        s.find(&q("smp", "unmap_shootdown", backend, None, Some(v)), kind)
+    });
+}
+
+/// The unmap_shootdown table, a row per vCPU count: `find` gives the
+/// figure of a backend and kind at that count (the run's own machine, or
+/// the 16-vCPU boots).
+pub(crate) fn shootdown_rows<'a>(
+    out: &mut String,
+    s: &'a Summary,
+    vcpus: &[u64],
+    find: impl Fn(&str, FigKind, u64) -> Option<&'a Agg>,
+) {
     let _ = writeln!(
         out,
         "{}",
@@ -1099,8 +1113,8 @@ fn smp_table(out: &mut String, s: &Summary) {
             "rounds/page",
         ])
     );
-    for v in vcpus {
-        let f = |backend, k| s.find(&q("smp", "unmap_shootdown", backend, None, Some(v)), k);
+    for &v in vcpus {
+        let f = |backend, k| find(backend, k, v);
         let counters = |backend| {
             f(backend, FigKind::Counted)
                 .or(f(backend, FigKind::Timed))

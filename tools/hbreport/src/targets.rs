@@ -530,27 +530,7 @@ fn over_floor(s: &Summary, name: &str, limit: f64, cap: Option<u64>) -> Target {
         Err(what) => missing(title, aim.into(), req, what),
         Ok((kind, bat, floor)) => {
             let r = bat.median / floor.median;
-            let (status, margin) = if r <= limit {
-                (
-                    Status::Met,
-                    format!(
-                        "{} ≤ {}: met, {:.0}% headroom",
-                        ratio(r),
-                        ratio(limit),
-                        (1.0 - r / limit) * 100.0
-                    ),
-                )
-            } else {
-                (
-                    Status::NotMet,
-                    format!(
-                        "{} > {}: {:.0}% over",
-                        ratio(r),
-                        ratio(limit),
-                        (r / limit - 1.0) * 100.0
-                    ),
-                )
-            };
+            let (status, margin) = at_most(r, limit, &ratio);
             let why = (status == Status::NotMet).then(|| {
                 let extra = bat.median - floor.median;
                 let mut t = format!(

@@ -9,7 +9,7 @@
 //! against vCPUs for both backends.
 
 use crate::plots::{self, colour, Panel, Plot, Scale, Series};
-use crate::report::{count, div, header, platform_line_on, value};
+use crate::report::platform_line_on;
 use crate::summary::{Agg, FigKind, Summary};
 use plotters::prelude::SeriesLabelPosition;
 use std::fmt::Write;
@@ -82,52 +82,14 @@ pub fn section(out: &mut String, s: &Summary) {
          From the {m}-vCPU boots, which ran only the smp and scale suites (their figures are in results.json \
          with ids ending in `…/smp={m}`). IPIs/page and rounds/page read immediate / batched.\n"
     );
-    let _ = writeln!(
-        out,
-        "{}",
-        header(&[
-            "vCPUs",
-            "immediate instructions/op",
-            "batched instructions/op",
-            "immediate cycles/op",
-            "batched cycles/op",
-            "immediate ÷ batched cycles",
-            "IPIs/page",
-            "rounds/page",
-        ])
-    );
-    for v in vcpus {
-        let f = |backend: &str, kind| {
-            s.on_machine(Some(m), kind).find(|a| {
-                a.key.suite == SUITE
-                    && a.key.name == NAME
-                    && a.key.backend == backend
-                    && a.key.vcpus == v
-            })
-        };
-        let counters = |backend| {
-            f(backend, FigKind::Counted)
-                .or(f(backend, FigKind::Timed))
-                .map(|a| s.counters_source(a))
-        };
-        let (ci, cb) = (counters("immediate"), counters("batched"));
-        let ipis = |a: Option<&Agg>| a.and_then(|a| a.fig.ipis_per_op());
-        let rounds = |a: Option<&Agg>| a.and_then(|a| a.fig.per(|c| c.shootdowns as f64));
-        let _ = writeln!(
-            out,
-            "| {v} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
-            value(f("immediate", FigKind::Counted)),
-            value(f("batched", FigKind::Counted)),
-            value(f("immediate", FigKind::Timed)),
-            value(f("batched", FigKind::Timed)),
-            div(f("immediate", FigKind::Timed), f("batched", FigKind::Timed)),
-            count(ipis(ci)),
-            count(ipis(cb)),
-            count(rounds(ci)),
-            count(rounds(cb))
-        );
-    }
-    let _ = writeln!(out);
+    crate::report::shootdown_rows(out, s, &vcpus, |backend, kind, v| {
+        s.on_machine(Some(m), kind).find(|a| {
+            a.key.suite == SUITE
+                && a.key.name == NAME
+                && a.key.backend == backend
+                && a.key.vcpus == v
+        })
+    });
 }
 
 /// `smp_vcpus.svg`: instructions, cycles and IPIs per page against vCPUs.
