@@ -648,6 +648,24 @@ pub(crate) fn kind_desc(kind: FigKind) -> (&'static str, &'static str) {
     }
 }
 
+/// One backend's line over `figs`, at x = `x(figure)`, with its band.
+pub(crate) fn backend_series(backend: &str, figs: &[&Agg], x: impl Fn(&Agg) -> f64) -> Series {
+    Series {
+        label: backend.into(),
+        colour: colour(backend),
+        dashed: false,
+        wide: false,
+        points: figs.iter().map(|a| (x(a), a.median)).collect(),
+        band: figs
+            .iter()
+            .map(|a| {
+                let (lo, hi) = band(a);
+                (x(a), lo, hi)
+            })
+            .collect(),
+    }
+}
+
 fn mm_panel(s: &Summary, name: &str, kind: FigKind, vline: Option<(f64, String)>) -> Panel {
     let mut series = Vec::new();
     for backend in ["immediate", "batched", "floor"] {
@@ -659,23 +677,7 @@ fn mm_panel(s: &Summary, name: &str, kind: FigKind, vline: Option<(f64, String)>
         if figs.is_empty() {
             continue;
         }
-        series.push(Series {
-            label: backend.into(),
-            colour: colour(backend),
-            dashed: false,
-            wide: false,
-            points: figs
-                .iter()
-                .map(|a| (a.key.batch as f64, a.median))
-                .collect(),
-            band: figs
-                .iter()
-                .map(|a| {
-                    let (lo, hi) = band(a);
-                    (a.key.batch as f64, lo, hi)
-                })
-                .collect(),
-        });
+        series.push(backend_series(backend, &figs, |a| a.key.batch as f64));
     }
     let (t, y) = kind_desc(kind);
     Panel {
@@ -841,23 +843,7 @@ fn smp_panel(s: &Summary, kind: FigKind) -> Panel {
         if figs.is_empty() {
             continue;
         }
-        series.push(Series {
-            label: backend.into(),
-            colour: colour(backend),
-            dashed: false,
-            wide: false,
-            points: figs
-                .iter()
-                .map(|a| (a.key.vcpus as f64, a.median))
-                .collect(),
-            band: figs
-                .iter()
-                .map(|a| {
-                    let (lo, hi) = band(a);
-                    (a.key.vcpus as f64, lo, hi)
-                })
-                .collect(),
-        });
+        series.push(backend_series(backend, &figs, |a| a.key.vcpus as f64));
     }
     let (t, _) = kind_desc(kind);
     Panel {

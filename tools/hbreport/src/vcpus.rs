@@ -103,20 +103,7 @@ pub fn plots(s: &Summary) -> Result<Vec<Plot>, plots::Error> {
             .iter()
             .filter_map(|b| {
                 let f = figs(s, machine, b, kind);
-                (!f.is_empty()).then(|| Series {
-                    label: (*b).into(),
-                    colour: colour(b),
-                    dashed: false,
-                    wide: false,
-                    points: f.iter().map(|a| (a.key.vcpus as f64, a.median)).collect(),
-                    band: f
-                        .iter()
-                        .map(|a| {
-                            let (lo, hi) = plots::band(a);
-                            (a.key.vcpus as f64, lo, hi)
-                        })
-                        .collect(),
-                })
+                (!f.is_empty()).then(|| plots::backend_series(b, &f, |a| a.key.vcpus as f64))
             })
             .collect();
         Panel {
